@@ -1,0 +1,85 @@
+"""Federated mode: all Flower code of fedexp lives in this package.
+
+client.py (what a virtual client does), server.py (sampling, recording strategy),
+simulation.py (starting Ray and Flower's engine); `run` wires them for one experiment.
+"""
+from __future__ import annotations
+
+import torch
+from flwr.common import ndarrays_to_parameters
+from flwr.server import ServerAppComponents, ServerConfig
+from flwr.server import ServerApp
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from .. import progress
+from ..models import get_weights, set_weights
+from ..results import RunResults
+from ..training import evaluate
+from ..workload import Workload
+from .client import ClientSpec, make_client_app
+from .server import PartitionClientManager, RecordingStrategy, weighted_mean
+from .simulation import ray_session, run_engine
+
+
+def build_strategy(work: Workload, model: torch.nn.Module):
+    """The configured Flower strategy, with fedexp's server-side hooks filled in."""
+    cfg = work.cfg
+    test_model = instantiate(cfg.model).to(work.device)
+    normalize = work.normalizer()
+
+    def evaluate_fn(server_round, weights, config):
+        set_weights(test_model, weights)
+        s = evaluate(test_model, work.data.x_test, work.data.y_test, None,
+                     batch_size=cfg.eval_batch_size, normalize=normalize)
+        return s["loss"], {"accuracy": s["accuracy"]}
+
+    def fit_config(server_round: int) -> dict:
+        return {"server_round": server_round, "local_epochs": int(cfg.local_epochs),
+                "batch_size": int(cfg.batch_size), "lr": float(cfg.optimizer.lr),
+                "seed": int(cfg.seed)}
+
+    def evaluate_config(server_round: int) -> dict:
+        return {"server_round": server_round, "eval_batch_size": int(cfg.eval_batch_size)}
+
+    return instantiate(
+        cfg.strategy,
+        initial_parameters=ndarrays_to_parameters(get_weights(model)),
+        evaluate_fn=evaluate_fn,
+        on_fit_config_fn=fit_config,
+        on_evaluate_config_fn=evaluate_config,
+        fit_metrics_aggregation_fn=weighted_mean,
+        evaluate_metrics_aggregation_fn=weighted_mean,
+    )
+
+
+def run(work: Workload, results: RunResults) -> torch.nn.Module:
+    cfg = work.cfg
+    model = work.new_model()
+    manager = PartitionClientManager(cfg.seed)
+
+    def on_round(record: dict) -> None:
+        results.add(record)
+        progress.round_line(record, cfg.num_rounds)
+
+    strategy = RecordingStrategy(build_strategy(work, model), manager, on_round)
+    server_app = ServerApp(server_fn=lambda context: ServerAppComponents(
+        strategy=strategy, config=ServerConfig(num_rounds=cfg.num_rounds), client_manager=manager))
+    client_cpus = cfg.device.client_cpus
+    client_gpus = float(cfg.device.client_gpus) if work.device.type == "cuda" else 0.0
+    with ray_session(cfg.simulation.ray_address, cfg.simulation.num_cpus, cfg.simulation.num_gpus,
+                     cfg.verbose) as ray:
+        data_ref = ray.put({"x": work.data.x_train, "y": work.data.y_train,
+                            "train": work.parts.train, "val": work.parts.val})
+        spec = ClientSpec(cfg=OmegaConf.to_container(cfg, resolve=True), data_ref=data_ref,
+                          device=str(work.device), threads=max(1, int(client_cpus)))
+        run_engine(server_app, make_client_app(spec), cfg.num_clients,
+                   {"num_cpus": client_cpus, "num_gpus": client_gpus}, cfg.verbose)
+    results.data["initial"] = strategy.initial
+    weights = strategy.final_weights()
+    if weights is not None:
+        set_weights(model, weights)
+    last = results.steps[-1] if results.steps else {}
+    results.finish("completed", final={"test_loss": last.get("test_loss"),
+                                       "test_accuracy": last.get("test_accuracy")})
+    return model

@@ -1,0 +1,91 @@
+"""The simulated client: a Flower NumPyClient that trains on the partition it is told.
+
+The training arrays and all partitions' index lists reach each Ray worker once, through
+Ray's object store (zero-copy for numpy), and stay cached in that worker process; a
+client object itself is cheap and is made anew for every message, as Flower expects.
+The server names the partition in each instruction (`partition_id`), so which data a
+virtual client holds never depends on Flower's random node ids (see server.py).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.client import ClientApp, NumPyClient
+from flwr.common import Context
+from hydra.utils import instantiate
+
+from ..models import get_weights, set_weights
+from ..training import Normalizer, evaluate, train
+
+_WORKER: dict[str, Any] = {}  # per worker process: data fetched once, threads set once
+
+
+@dataclass
+class ClientSpec:
+    """What every client needs; small, because Flower pickles it with each message."""
+
+    cfg: dict           # resolved config (plain containers)
+    data_ref: Any       # Ray ObjectRef of {"x", "y", "train", "val"}
+    device: str
+    threads: int
+
+
+def seed_for(seed: int, server_round: int, partition_id: int, salt: int = 0) -> int:
+    """One independent, reproducible stream per (run seed, round, client)."""
+    return int(np.random.SeedSequence([seed, server_round, partition_id, salt]).generate_state(1)[0])
+
+
+def _worker_data(spec: ClientSpec) -> dict:
+    key = spec.data_ref.hex()
+    if _WORKER.get("key") != key:
+        import ray
+
+        torch.set_num_threads(max(1, spec.threads))
+        _WORKER.update(key=key, data=ray.get(spec.data_ref))
+    return _WORKER["data"]
+
+
+class FedexpClient(NumPyClient):
+    """Train/evaluate the global model on one partition, with settings sent by the server."""
+
+    def __init__(self, spec: ClientSpec, data: dict):
+        self.spec, self.data = spec, data
+        cfg = spec.cfg
+        self.device = torch.device(spec.device)
+        self.model = instantiate(cfg["model"]).to(self.device)
+        self.normalize = Normalizer(cfg["dataset"]["mean"], cfg["dataset"]["std"], self.device)
+
+    def get_parameters(self, config):
+        return get_weights(self.model)
+
+    def fit(self, parameters, config):
+        pid, rnd = int(config["partition_id"]), int(config["server_round"])
+        set_weights(self.model, parameters)
+        torch.manual_seed(seed_for(int(config["seed"]), rnd, pid, 1))
+        optimizer = instantiate(self.spec.cfg["optimizer"], lr=float(config["lr"]))(self.model.parameters())
+        stats = train(
+            self.model, self.data["x"], self.data["y"], self.data["train"][pid],
+            epochs=int(config["local_epochs"]), batch_size=int(config["batch_size"]),
+            optimizer=optimizer, normalize=self.normalize,
+            generator=torch.Generator().manual_seed(seed_for(int(config["seed"]), rnd, pid)),
+            proximal_mu=float(config.get("proximal_mu", 0.0)),
+        )
+        metrics = {"train_loss": stats["loss"], "train_accuracy": stats["accuracy"], "partition_id": pid}
+        return get_weights(self.model), stats["examples"], metrics
+
+    def evaluate(self, parameters, config):
+        pid = int(config["partition_id"])
+        set_weights(self.model, parameters)
+        stats = evaluate(self.model, self.data["x"], self.data["y"], self.data["val"][pid],
+                         batch_size=int(config["eval_batch_size"]), normalize=self.normalize)
+        return stats["loss"], stats["examples"], {"accuracy": stats["accuracy"], "partition_id": pid}
+
+
+def make_client_app(spec: ClientSpec) -> ClientApp:
+    def client_fn(context: Context):
+        return FedexpClient(spec, _worker_data(spec)).to_client()
+
+    return ClientApp(client_fn=client_fn)

@@ -1,0 +1,74 @@
+"""Models, named by `_target_` in `conf/model/*.yaml`, and the weight exchange format.
+
+Every model takes the dataset's `channels`, `image_size` and `num_classes` (interpolated
+from `conf/dataset/*.yaml`), so any model runs on any dataset.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class CNN(nn.Module):
+    """The tutorial's LeNet-style Net: conv 6@5x5 -> pool -> conv 16@5x5 -> pool -> 120 -> 84.
+
+    The flattened size follows from `image_size` instead of the tutorial's fixed 16*5*5,
+    so 28x28 MNIST or 32x32 CIFAR-10 both work.
+    """
+
+    def __init__(self, channels: int = 3, image_size: int = 32, num_classes: int = 10):
+        super().__init__()
+        side = ((image_size - 4) // 2 - 4) // 2
+        if side < 1:
+            raise ValueError(f"model=cnn needs image_size >= 14, got {image_size}")
+        self.conv1 = nn.Conv2d(channels, 6, 5)
+        self.pool = nn.MaxPool2d(2, 2)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.fc1 = nn.Linear(16 * side * side, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(F.relu(self.conv1(x)))
+        x = self.pool(F.relu(self.conv2(x))).flatten(1)
+        return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
+
+
+class MLP(nn.Module):
+    """A fully connected baseline: flatten -> hidden layers with ReLU -> classes."""
+
+    def __init__(self, channels: int = 3, image_size: int = 32, num_classes: int = 10,
+                 hidden: tuple[int, ...] = (200, 200)):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = channels * image_size * image_size
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        layers.append(nn.Linear(width, num_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def get_weights(model: nn.Module) -> list[np.ndarray]:
+    """Every state_dict entry (buffers included) as numpy, keeping each dtype."""
+    return [v.detach().cpu().numpy() for v in model.state_dict().values()]
+
+
+def set_weights(model: nn.Module, weights: list[np.ndarray]) -> None:
+    """Load arrays from `get_weights` back, in state_dict order, keeping each entry's dtype.
+
+    The tutorial's `torch.Tensor(v)` casts everything to float32, which corrupts integer
+    buffers such as BatchNorm's `num_batches_tracked`.
+    """
+    keys = list(model.state_dict().keys())
+    if len(keys) != len(weights):
+        raise ValueError(f"model has {len(keys)} state entries, got {len(weights)} arrays")
+    state = OrderedDict((k, torch.from_numpy(np.array(w, copy=True))) for k, w in zip(keys, weights))
+    model.load_state_dict(state, strict=True)

@@ -1,0 +1,63 @@
+"""Weight exchange keeps every entry and dtype; training lowers the loss."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from fedexp.data.datasets import load_digits
+from fedexp.models import CNN, get_weights, set_weights
+from fedexp.training import Normalizer, evaluate, train
+
+
+def test_weights_round_trip_with_dtypes_and_buffers():
+    src = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4))
+    src[1].num_batches_tracked += 7
+    src[1].running_mean += 0.5
+    weights = get_weights(src)
+    assert len(weights) == len(src.state_dict())  # buffers included
+    dst = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4))
+    set_weights(dst, weights)
+    for (k, a), b in zip(src.state_dict().items(), dst.state_dict().values()):
+        assert a.dtype == b.dtype, k
+        assert torch.equal(a, b), k
+    assert dst[1].num_batches_tracked.dtype == torch.int64
+    assert int(dst[1].num_batches_tracked) == 7
+
+
+def test_set_weights_rejects_a_different_model():
+    try:
+        set_weights(CNN(1, 32, 10), get_weights(nn.Linear(2, 2)))
+    except ValueError as e:
+        assert "state entries" in str(e)
+    else:
+        raise AssertionError("no error")
+
+
+def test_short_training_lowers_the_loss_on_digits():
+    d = load_digits(32, 0.2, 0)
+    torch.manual_seed(0)
+    model = CNN(1, 32, 10)
+    norm = Normalizer([0.5], [0.5], torch.device("cpu"))
+    idx = np.arange(len(d.y_train))
+    before = evaluate(model, d.x_test, d.y_test, None, batch_size=256, normalize=norm)
+    opt = torch.optim.Adam(model.parameters())
+    stats = train(model, d.x_train, d.y_train, idx, epochs=3, batch_size=32, optimizer=opt,
+                  normalize=norm, generator=torch.Generator().manual_seed(0))
+    after = evaluate(model, d.x_test, d.y_test, None, batch_size=256, normalize=norm)
+    assert stats["examples"] == len(idx)
+    assert after["loss"] < before["loss"] - 0.5
+    assert after["accuracy"] > 0.7
+
+
+def test_evaluate_is_a_mean_per_example_and_batch_size_free():
+    d = load_digits(32, 0.2, 0)
+    model = CNN(1, 32, 10)
+    norm = Normalizer([0.5], [0.5], torch.device("cpu"))
+    a = evaluate(model, d.x_test, d.y_test, None, batch_size=7, normalize=norm)
+    b = evaluate(model, d.x_test, d.y_test, None, batch_size=1000, normalize=norm)
+    assert a["examples"] == b["examples"] == len(d.y_test)
+    assert abs(a["loss"] - b["loss"]) < 1e-5 and a["accuracy"] == b["accuracy"]
+    x = norm(torch.from_numpy(d.x_test))
+    expected = torch.nn.functional.cross_entropy(model(x), torch.from_numpy(d.y_test)).item()
+    assert abs(a["loss"] - expected) < 1e-5
