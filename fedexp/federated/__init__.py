@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 from flwr.common import ndarrays_to_parameters
-from flwr.server import ServerAppComponents, ServerConfig
+from flwr.server import Server, ServerAppComponents, ServerConfig
 from flwr.server import ServerApp
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -63,8 +63,13 @@ def run(work: Workload, results: RunResults) -> torch.nn.Module:
         progress.round_line(record, cfg.num_rounds)
 
     strategy = RecordingStrategy(build_strategy(work, model), manager, on_round)
+    server = Server(client_manager=manager, strategy=strategy)
+    # Flower's compat layer sends each client's instruction from its own thread and polls
+    # for the reply every 0.1 s; its default pool (cores + 4 threads) leaves Ray workers
+    # idle when a round has hundreds of clients. More threads keep them fed.
+    server.set_max_workers(cfg.simulation.max_workers)
     server_app = ServerApp(server_fn=lambda context: ServerAppComponents(
-        strategy=strategy, config=ServerConfig(num_rounds=cfg.num_rounds), client_manager=manager))
+        server=server, config=ServerConfig(num_rounds=cfg.num_rounds)))
     client_cpus = cfg.device.client_cpus
     client_gpus = float(cfg.device.client_gpus) if work.device.type == "cuda" else 0.0
     with ray_session(cfg.simulation.ray_address, cfg.simulation.num_cpus, cfg.simulation.num_gpus,

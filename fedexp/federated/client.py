@@ -38,25 +38,32 @@ def seed_for(seed: int, server_round: int, partition_id: int, salt: int = 0) -> 
     return int(np.random.SeedSequence([seed, server_round, partition_id, salt]).generate_state(1)[0])
 
 
-def _worker_data(spec: ClientSpec) -> dict:
+def _worker_state(spec: ClientSpec) -> dict:
+    """This worker's data, model and normaliser, made on its first message of the run.
+
+    Every message overwrites the model's weights before use, so one model object per
+    worker serves every client it simulates.
+    """
     key = spec.data_ref.hex()
     if _WORKER.get("key") != key:
         import ray
 
         torch.set_num_threads(max(1, spec.threads))
-        _WORKER.update(key=key, data=ray.get(spec.data_ref))
-    return _WORKER["data"]
+        device = torch.device(spec.device)
+        _WORKER.clear()
+        _WORKER.update(
+            key=key, data=ray.get(spec.data_ref),
+            model=instantiate(spec.cfg["model"]).to(device),
+            normalize=Normalizer(spec.cfg["dataset"]["mean"], spec.cfg["dataset"]["std"], device))
+    return _WORKER
 
 
 class FedexpClient(NumPyClient):
     """Train/evaluate the global model on one partition, with settings sent by the server."""
 
-    def __init__(self, spec: ClientSpec, data: dict):
-        self.spec, self.data = spec, data
-        cfg = spec.cfg
-        self.device = torch.device(spec.device)
-        self.model = instantiate(cfg["model"]).to(self.device)
-        self.normalize = Normalizer(cfg["dataset"]["mean"], cfg["dataset"]["std"], self.device)
+    def __init__(self, spec: ClientSpec, state: dict):
+        self.spec, self.data = spec, state["data"]
+        self.model, self.normalize = state["model"], state["normalize"]
 
     def get_parameters(self, config):
         return get_weights(self.model)
@@ -86,6 +93,6 @@ class FedexpClient(NumPyClient):
 
 def make_client_app(spec: ClientSpec) -> ClientApp:
     def client_fn(context: Context):
-        return FedexpClient(spec, _worker_data(spec)).to_client()
+        return FedexpClient(spec, _worker_state(spec)).to_client()
 
     return ClientApp(client_fn=client_fn)

@@ -127,8 +127,11 @@ class RecordingStrategy(Strategy):
         return self._with_partition(instructions, EvaluateIns)
 
     def aggregate_evaluate(self, server_round, results, failures):
-        results = self._by_partition(results)
-        loss, metrics = self.inner.aggregate_evaluate(server_round, results, failures)
+        # A client without validation data (tiny partitions) has nothing to report, and
+        # Flower's example-weighted average would divide by zero if all were empty.
+        results = [r for r in self._by_partition(results) if r[1].num_examples > 0]
+        loss, metrics = (self.inner.aggregate_evaluate(server_round, results, failures)
+                         if results else (None, {}))
         self._round.update(evaluate_clients=len(results), evaluate_failures=len(failures),
                            distributed_loss=loss, distributed_accuracy=metrics.get("accuracy"))
         self._finish_round()

@@ -37,7 +37,8 @@ def ray_session(address: str | None, num_cpus: int | None, num_gpus: float | Non
     pythonpath = os.pathsep.join(p for p in sys.path if p)
     args = dict(include_dashboard=False, log_to_driver=verbose,
                 logging_level=logging.INFO if verbose else logging.ERROR,
-                runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
+                runtime_env={"env_vars": {"PYTHONPATH": pythonpath},
+                             "worker_process_setup_hook": "fedexp.federated.worker.warm_up"})
     if address:
         args["address"] = address
     else:
