@@ -27,6 +27,9 @@ def run(work: Workload, results: RunResults) -> torch.nn.Module:
     # train(), resetting its moments each epoch; fedexp fixes that (see README).
     optimizer = instantiate(cfg.optimizer)(model.parameters())
     x, y = work.data.x_train, work.data.y_train
+    whose = "all clients' data" if pid is None else f"client {pid}'s data"
+    progress.start_line(f"centralized: {progress.count(cfg.centralized.epochs, 'epoch')} on {whose} "
+                        f"({len(train_idx)} examples) of {cfg.dataset.name}")
     for epoch in range(1, cfg.centralized.epochs + 1):
         t0 = time.perf_counter()
         gen = torch.Generator().manual_seed(int(np.random.SeedSequence([cfg.seed, epoch]).generate_state(1)[0]))
@@ -37,7 +40,7 @@ def run(work: Workload, results: RunResults) -> torch.nn.Module:
                   "val_loss": va["loss"], "val_accuracy": va["accuracy"],
                   "seconds": time.perf_counter() - t0}
         results.add(record)
-        progress.epoch_line(record, cfg.centralized.epochs)
+        progress.epoch_line(record, cfg.centralized.epochs, results.steps)
     te = evaluate(model, work.data.x_test, work.data.y_test, None,
                   batch_size=cfg.eval_batch_size, normalize=normalize)
     results.steps[-1].update(test_loss=te["loss"], test_accuracy=te["accuracy"])

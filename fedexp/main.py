@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from .checks import ConfigError, check
 from .data import DatasetError
 from .results import ResultsExistError, RunResults
+from .sweep import in_multirun, record_failed_job
 
 log = logging.getLogger("fedexp")
 
@@ -55,16 +56,30 @@ def run(cfg: DictConfig, run_dir: str) -> dict:
     return results.data
 
 
+def run_sweep_job(cfg: DictConfig, run_dir: str) -> dict | None:
+    """One job of a multirun: a failure is recorded in the job's results.json and the sweep
+    goes on (see sweep.py); None tells main that this job failed."""
+    try:
+        return run(cfg, run_dir)
+    except Exception as e:
+        record_failed_job(cfg, run_dir, e)
+        if cfg.get("verbose"):
+            raise
+        return None
+
+
 @hydra.main(config_path=config_dir(), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     run_dir = HydraConfig.get().runtime.output_dir
     try:
-        data = run(cfg, run_dir)
+        data = run_sweep_job(cfg, run_dir) if in_multirun() else run(cfg, run_dir)
     except (ConfigError, DatasetError, ResultsExistError) as e:
         print(f"fedexp: error: {e}", file=sys.stderr)
         if cfg.get("verbose"):
             raise
         sys.exit(2)
+    if data is None:
+        return None
     final = data.get("final") or {}
     log.info("%s run %s: final test accuracy %s, test loss %s (%.1fs) -> %s", cfg.mode,
              data["status"], final.get("test_accuracy"), final.get("test_loss"),

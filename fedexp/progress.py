@@ -1,4 +1,9 @@
-"""One readable line per round or epoch, instead of Flower's and Ray's logs."""
+"""Live progress: one readable line per round or epoch, instead of Flower's and Ray's logs.
+
+Plain lines, never terminal control codes, so the same output reads well on a terminal,
+in `main.log`, in a CI log and in a sweep's interleaved output. Each line carries the
+progress (round 3/10), the latest accuracies and an ETA for the rest of the run.
+"""
 from __future__ import annotations
 
 import logging
@@ -10,17 +15,48 @@ def _f(v, spec=".4f"):
     return "-" if v is None else format(v, spec)
 
 
-def round_line(r: dict, total: int) -> None:
+def duration(seconds: float) -> str:
+    """45s, 1m20s, 2h05m."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def eta(done: list[dict], total: int) -> str:
+    """' | ETA 1m20s' for the steps still to run, or '' after the last one.
+
+    Estimated from the mean time of the steps done, leaving out the first once later ones
+    exist: the first federated round also pays for starting Ray's worker processes.
+    """
+    left = total - len(done)
+    if left <= 0 or not done:
+        return ""
+    times = [s["seconds"] for s in done[1:]] or [done[0]["seconds"]]
+    return f" | ETA {duration(left * sum(times) / len(times))}"
+
+
+def count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def start_line(text: str) -> None:
+    log.info(text)
+
+
+def round_line(r: dict, total: int, done: list[dict] | None = None) -> None:
     fails = f" ({r['fit_failures']} failed)" if r.get("fit_failures") else ""
     log.info("round %d/%d | fit %d clients%s, train loss %s | eval %d clients, loss %s acc %s "
-             "| test loss %s acc %s | %.1fs",
+             "| test loss %s acc %s | %.1fs%s",
              r["round"], total, r["fit_clients"], fails, _f(r.get("train_loss")),
              r["evaluate_clients"], _f(r.get("distributed_loss")),
              _f(r.get("distributed_accuracy")), _f(r.get("test_loss")),
-             _f(r.get("test_accuracy")), r["seconds"])
+             _f(r.get("test_accuracy")), r["seconds"], eta(done or [], total))
 
 
-def epoch_line(e: dict, total: int) -> None:
-    log.info("epoch %d/%d | train loss %s acc %s | val loss %s acc %s | %.1fs",
+def epoch_line(e: dict, total: int, done: list[dict] | None = None) -> None:
+    log.info("epoch %d/%d | train loss %s acc %s | val loss %s acc %s | %.1fs%s",
              e["epoch"], total, _f(e["train_loss"]), _f(e["train_accuracy"]),
-             _f(e["val_loss"]), _f(e["val_accuracy"]), e["seconds"])
+             _f(e["val_loss"]), _f(e["val_accuracy"]), e["seconds"], eta(done or [], total))

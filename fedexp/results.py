@@ -90,34 +90,68 @@ class RunResults:
         atomic_write(self.dir / "metrics.csv", buf.getvalue())
 
     def plot(self) -> Path | None:
-        """results.png: test accuracy and losses per round/epoch."""
+        """results.png: accuracy and loss per round/epoch, on the test set (server side, with
+        the initial model as round 0), the clients' validation data and their training."""
         if not self.steps:
             return None
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
 
         key = "round" if self.mode == "federated" else "epoch"
-        xs = [s[key] for s in self.steps]
-        fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
-        acc_key = "test_accuracy" if self.mode == "federated" else "val_accuracy"
-        for name in (acc_key, "distributed_accuracy", "train_accuracy"):
-            ys = [s.get(name) for s in self.steps]
-            if any(y is not None for y in ys):
-                ax_acc.plot(xs, [math.nan if y is None else y for y in ys], marker="o", label=name)
-        for name in ("test_loss", "val_loss", "distributed_loss", "train_loss"):
-            ys = [s.get(name) for s in self.steps]
-            if any(y is not None for y in ys):
-                ax_loss.plot(xs, [math.nan if y is None else y for y in ys], marker="o", label=name)
-        for ax, title in ((ax_acc, "accuracy"), (ax_loss, "loss")):
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+        for ax, metric in zip(axes, ("accuracy", "loss")):
+            for source, label in PLOT_SERIES[self.mode]:
+                points = [(s[key], s.get(f"{source}_{metric}")) for s in self.steps]
+                initial = (self.data.get("initial") or {}).get(f"test_{metric}")
+                if source == "test" and self.mode == "federated" and initial is not None:
+                    points.insert(0, (0, initial))
+                points = [(x, y) for x, y in points if y is not None]
+                if points:
+                    ax.plot(*zip(*points), marker="o", label=label)
             ax.set_xlabel(key)
-            ax.set_title(title)
+            ax.set_title(metric)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
             ax.legend()
-        fig.suptitle(f"{self.mode} run: {self.dir.name}")
+        fig.suptitle(f"{self.mode} run, {self.data['status']}: {self._describe()}", fontsize=10)
         fig.tight_layout()
         out = self.dir / "results.png"
         fig.savefig(out, dpi=100)
         plt.close(fig)
         return out
+
+    def _describe(self) -> str:
+        """The run's command-line overrides (Hydra's snapshot), else its directory."""
+        overrides = self.dir / ".hydra" / "overrides.yaml"
+        if overrides.is_file():
+            import yaml
+
+            shown = [o for o in yaml.safe_load(overrides.read_text()) or [] if not o.startswith("hydra.")]
+            if shown:
+                return " ".join(shown)
+        return str(self.dir)
+
+
+# Per mode: (record key prefix, legend label) of the curves in results.png.
+PLOT_SERIES = {
+    "federated": [("test", "test set (global model)"), ("distributed", "clients' validation"),
+                  ("train", "clients' training")],
+    "centralized": [("val", "validation"), ("train", "training"), ("test", "test set (final model)")],
+}
+
+
+def record_failure(run_dir: str | Path, mode: str, error: str, info: dict | None = None) -> bool:
+    """Write results.json for a run that failed before it had a RunResults (a bad setting in
+    one job of a sweep), so that every job directory says what happened to it. Never
+    replaces an existing results.json; returns whether it wrote one."""
+    path = Path(run_dir) / "results.json"
+    if path.exists():
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"status": "failed", "mode": mode, "wall_seconds": 0.0,
+            STEP_KEY.get(mode, "rounds"): [], "final": None, **(info or {}), "error": error}
+    atomic_write(path, json.dumps(_clean(data), indent=2) + "\n")
+    return True

@@ -31,3 +31,6 @@ def test_wheel_install_finds_configs_from_any_directory(tmp_path):
                            cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120)
     assert shown.returncode == 0, shown.stderr
     assert "min_fit_clients: 10" in shown.stdout and "flwr.server.strategy.FedAvg" in shown.stdout
+    compare = subprocess.run([str(target / "bin" / "fedexp-compare"), str(elsewhere)],
+                             cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120)
+    assert compare.returncode == 2 and "no results.json in it or below it" in compare.stderr

@@ -60,7 +60,7 @@ def run(work: Workload, results: RunResults) -> torch.nn.Module:
 
     def on_round(record: dict) -> None:
         results.add(record)
-        progress.round_line(record, cfg.num_rounds)
+        progress.round_line(record, cfg.num_rounds, results.steps)
 
     strategy = RecordingStrategy(build_strategy(work, model), manager, on_round)
     server = Server(client_manager=manager, strategy=strategy)
@@ -72,6 +72,9 @@ def run(work: Workload, results: RunResults) -> torch.nn.Module:
         server=server, config=ServerConfig(num_rounds=cfg.num_rounds)))
     client_cpus = cfg.device.client_cpus
     client_gpus = float(cfg.device.client_gpus) if work.device.type == "cuda" else 0.0
+    progress.start_line(f"federated: {progress.count(cfg.num_rounds, 'round')}, "
+                        f"{progress.count(cfg.num_clients, 'client')}, "
+                        f"{type(strategy.inner).__name__} on {cfg.dataset.name}; starting Ray")
     with ray_session(cfg.simulation.ray_address, cfg.simulation.num_cpus, cfg.simulation.num_gpus,
                      cfg.verbose) as ray:
         data_ref = ray.put({"x": work.data.x_train, "y": work.data.y_train,

@@ -42,12 +42,42 @@ def ray_session(address: str | None, num_cpus: int | None, num_gpus: float | Non
     if address:
         args["address"] = address
     else:
-        args.update(num_cpus=num_cpus, num_gpus=num_gpus)
+        # "local": a new Ray for this run only. With no address, ray.init would join the
+        # cluster of the last `ray start` on this machine (or $RAY_ADDRESS), so jobs of a
+        # sweep could land on someone else's cluster.
+        args.update(address="local", num_cpus=num_cpus, num_gpus=num_gpus)
     ray.init(**args)
     try:
         yield ray
     finally:
+        started = _child_processes()
         ray.shutdown()
+        _wait_until_gone(started)
+
+
+def _child_processes() -> list:
+    """This process's descendants: the local Ray's GCS, raylet and worker processes."""
+    try:
+        import psutil  # shipped with Ray (ray/thirdparty_files), on sys.path once ray is imported
+    except ImportError:
+        return []
+    return psutil.Process().children(recursive=True)
+
+
+def _wait_until_gone(procs: list, timeout: float = 15.0) -> None:
+    """ray.shutdown() returns before the workers have exited; wait for them (kill any that
+    hang), so that the next job of a sweep starts with none of this run's processes left."""
+    if not procs:
+        return
+    import psutil
+
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=5)
 
 
 def run_engine(server_app, client_app, num_clients: int, client_resources: dict, verbose: bool) -> None:

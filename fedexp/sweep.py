@@ -1,0 +1,82 @@
+"""Hydra multiruns (`fedexp -m ...`): one failing job must not stop or lose the others.
+
+Hydra's basic launcher runs the jobs one after another in this process. It goes on after a
+job raises an Exception, but `sys.exit` (fedexp's exit 2 for a bad setting) would end the
+whole sweep, and a job that failed before its results existed would leave no trace. So in
+a multirun a failed job is recorded in its own results.json (`status: "failed"` and the
+error), reported in one line, and the sweep goes on. When the sweep ends, `SweepSummary`
+says how many jobs failed and exits with status 1 if any did.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from .checks import ConfigError
+from .data import DatasetError
+from .results import ResultsExistError, record_failure
+
+log = logging.getLogger("fedexp")
+
+# Errors whose message says everything: no traceback for these.
+USER_ERRORS = (ConfigError, DatasetError, ResultsExistError)
+
+
+def first_line(text: str, limit: int = 200) -> str:
+    """An error message as one line (some exceptions carry paragraphs)."""
+    line = (str(text).strip().splitlines() or [""])[0]
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def record_failed_job(cfg: DictConfig, run_dir: str, error: BaseException) -> None:
+    """Record `error` in the job's results.json (unless the job's run already did, or the
+    directory holds another run's results) and report it in one line."""
+    message = f"{type(error).__name__}: {error}"
+    wrote = record_failure(run_dir, str(cfg.get("mode")), message, {"seed": cfg.get("seed")})
+    if not isinstance(error, USER_ERRORS):
+        log.error("job crashed:", exc_info=error)
+    where = (f"recorded in {Path(run_dir) / 'results.json'}" if wrote or
+             not isinstance(error, ResultsExistError) else "nothing written")
+    print(f"fedexp: error in job {HydraConfig.get().job.num}: {first_line(error)} ({where}; "
+          f"the sweep goes on)",
+          file=sys.stderr)
+
+
+def job_statuses(sweep_dir: Path) -> list[tuple[Path, str, str | None]]:
+    """(job directory, status, error) of every job under `sweep_dir`, in job order."""
+    jobs = sorted((p.parent for p in sweep_dir.rglob(".hydra") if p.is_dir()),
+                  key=lambda d: [int(t) if t.isdigit() else t for t in d.relative_to(sweep_dir).parts])
+    out = []
+    for job in jobs:
+        try:
+            data = json.loads((job / "results.json").read_text())
+            out.append((job, str(data.get("status")), data.get("error")))
+        except (OSError, ValueError):
+            out.append((job, "no results.json", None))
+    return out
+
+
+class SweepSummary(Callback):
+    """At the end of a multirun: one line per failed job, the count, how to compare them."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        jobs = job_statuses(sweep_dir)
+        bad = [(job, status, error) for job, status, error in jobs if status != "completed"]
+        print(f"sweep: {len(jobs) - len(bad)} of {len(jobs)} jobs completed -> {sweep_dir}")
+        for job, status, error in bad:
+            print(f"  job {job.relative_to(sweep_dir)}: {status}" + (f": {first_line(error)}" if error else ""))
+        print(f"compare them: fedexp-compare {sweep_dir}")
+        if bad:
+            sys.exit(1)
