@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import uuid
 from contextlib import contextmanager
 
 
@@ -46,38 +47,53 @@ def ray_session(address: str | None, num_cpus: int | None, num_gpus: float | Non
         # cluster of the last `ray start` on this machine (or $RAY_ADDRESS), so jobs of a
         # sweep could land on someone else's cluster.
         args.update(address="local", num_cpus=num_cpus, num_gpus=num_gpus)
+    # Every process the local Ray starts inherits this tag, which finds them after
+    # shutdown: they are not this process's children (Ray re-parents them).
+    tag = f"{os.getpid()}-{uuid.uuid4().hex}"
+    os.environ[_TAG] = tag
     ray.init(**args)
     try:
         yield ray
     finally:
-        started = _child_processes()
         ray.shutdown()
-        _wait_until_gone(started)
+        if not address:
+            _stop_leftovers(tag)
+        os.environ.pop(_TAG, None)
 
 
-def _child_processes() -> list:
-    """This process's descendants: the local Ray's GCS, raylet and worker processes."""
-    try:
-        import psutil  # shipped with Ray (ray/thirdparty_files), on sys.path once ray is imported
-    except ImportError:
-        return []
-    return psutil.Process().children(recursive=True)
+_TAG = "FEDEXP_RAY_SESSION"
 
 
-def _wait_until_gone(procs: list, timeout: float = 15.0) -> None:
-    """ray.shutdown() returns before the workers have exited; wait for them (kill any that
-    hang), so that the next job of a sweep starts with none of this run's processes left."""
-    if not procs:
-        return
-    import psutil
+def _tagged(tag: str) -> list:
+    import psutil  # shipped with Ray (ray/thirdparty_files), importable once ray is
 
-    _, alive = psutil.wait_procs(procs, timeout=timeout)
-    for proc in alive:
+    found = []
+    for proc in psutil.process_iter():
         try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=5)
+            if proc.pid != os.getpid() and proc.environ().get(_TAG) == tag:
+                found.append(proc)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+def _stop_leftovers(tag: str, grace: float = 1.0) -> None:
+    """ray.shutdown() returns before the client actors have exited, and orphaned actors
+    linger for seconds; give them a moment, then kill them, so that neither this process's
+    exit nor the next job of a sweep waits on (or shares the CPU with) this run's Ray."""
+    try:
+        import psutil
+
+        procs = _tagged(tag)
+        _, alive = psutil.wait_procs(procs, timeout=grace)
+        for proc in alive:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(alive, timeout=5)
+    except ImportError:  # no psutil: the processes still end by themselves, later
+        pass
 
 
 def run_engine(server_app, client_app, num_clients: int, client_resources: dict, verbose: bool) -> None:
