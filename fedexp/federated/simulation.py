@@ -41,7 +41,9 @@ def ray_session(address: str | None, num_cpus: int | None, num_gpus: float | Non
     if address:
         args["address"] = address
     else:
-        args.update(num_cpus=num_cpus, num_gpus=num_gpus)
+        # "local", not None: ray.init(address=None) silently joins a cluster named by
+        # RAY_ADDRESS or left by `ray start` on this machine (then num_cpus is refused).
+        args.update(address="local", num_cpus=num_cpus, num_gpus=num_gpus)
     ray.init(**args)
     try:
         yield ray
