@@ -35,7 +35,7 @@ def run(cfg: DictConfig, run_dir: str) -> dict:
     """Run the experiment `cfg` describes, writing into `run_dir`; return results.json's data."""
     import torch
 
-    from . import centralized, federated
+    from . import centralized, federated, partition_report
     from .workload import Workload
 
     check(cfg)
@@ -44,6 +44,7 @@ def run(cfg: DictConfig, run_dir: str) -> dict:
         work = Workload.build(cfg)
         results.data["data"] = {"dataset": cfg.dataset.name, "train_examples": len(work.data.y_train),
                                 "test_examples": len(work.data.y_test), "clients": len(work.parts)}
+        partition_report.write(run_dir, work.data.y_train, work.parts, work.data.classes, cfg.partitioning)
         runner = federated if cfg.mode == "federated" else centralized
         model = runner.run(work, results)
         torch.save(model.state_dict(), Path(run_dir) / "model.pt")

@@ -56,6 +56,29 @@ class MLP(nn.Module):
         return self.net(x)
 
 
+def resnet18(channels: int = 3, image_size: int = 32, num_classes: int = 10,
+             small_stem: bool | None = None) -> nn.Module:
+    """torchvision's ResNet-18 (random init), sized for the dataset.
+
+    The ImageNet stem (7x7 stride-2 convolution, then max-pooling) shrinks a 32x32 image to
+    8x8 before the first residual block and costs CIFAR-10 accuracy; `small_stem` swaps it
+    for a 3x3 stride-1 convolution without pooling, the usual choice for 32x32 inputs.
+    None picks the small stem for images up to 64 pixels wide.
+    """
+    from torchvision.models import resnet18 as tv_resnet18
+
+    model = tv_resnet18(weights=None, num_classes=num_classes)
+    if small_stem is None:
+        small_stem = image_size <= 64
+    if small_stem:
+        model.conv1 = nn.Conv2d(channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
+    elif channels != 3:
+        model.conv1 = nn.Conv2d(channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")  # as torchvision
+    return model
+
+
 def get_weights(model: nn.Module) -> list[np.ndarray]:
     """Every state_dict entry (buffers included) as numpy, keeping each dtype."""
     return [v.detach().cpu().numpy() for v in model.state_dict().values()]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from flwr.server.strategy import Strategy
@@ -33,8 +34,14 @@ def test_models_build_for_every_dataset(make_cfg, name, dataset):
 
 @pytest.mark.parametrize("name", options("strategy"))
 def test_strategies_build(make_cfg, name):
+    from flwr.common import ndarrays_to_parameters
+
+    from fedexp.federated.strategies import build
+
     cfg = make_cfg(f"strategy={name}")
-    assert isinstance(instantiate(cfg.strategy), Strategy)
+    # FedAdam, FedYogi and FedAdagrad need the initial model, which fedexp always passes
+    initial = ndarrays_to_parameters([np.zeros(3, np.float32)])
+    assert isinstance(build(cfg.strategy, initial_parameters=initial), Strategy)
 
 
 @pytest.mark.parametrize("name", options("optimizer"))
@@ -47,8 +54,12 @@ def test_optimizers_build(make_cfg, name):
 
 @pytest.mark.parametrize("name", options("partitioning"))
 def test_partitioners_build(make_cfg, name):
+    from flwr_datasets.partitioner import Partitioner
+
     cfg = make_cfg(f"partitioning={name}", "num_clients=7")
-    assert instantiate(cfg.partitioning.partitioner).num_partitions == 7
+    # (most partitioners can only count their partitions once they hold a dataset)
+    assert isinstance(instantiate(cfg.partitioning.partitioner), Partitioner)
+    assert cfg.partitioning.partitioner.num_partitions == 7
 
 
 @pytest.mark.parametrize("name", options("dataset"))

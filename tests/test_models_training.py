@@ -1,6 +1,9 @@
 """Weight exchange keeps every entry and dtype; training lowers the loss."""
 from __future__ import annotations
 
+import json
+import math
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -61,3 +64,36 @@ def test_evaluate_is_a_mean_per_example_and_batch_size_free():
     x = norm(torch.from_numpy(d.x_test))
     expected = torch.nn.functional.cross_entropy(model(x), torch.from_numpy(d.y_test)).item()
     assert abs(a["loss"] - expected) < 1e-5
+
+
+def test_resnet18_has_a_small_image_stem():
+    from fedexp.models import resnet18
+
+    small = resnet18(channels=1, image_size=32, num_classes=7)
+    assert small.conv1.kernel_size == (3, 3) and small.conv1.stride == (1, 1)
+    assert small.conv1.in_channels == 1 and isinstance(small.maxpool, nn.Identity)
+    assert small(torch.zeros(2, 1, 32, 32)).shape == (2, 7)
+    big = resnet18(channels=3, image_size=224, num_classes=5)
+    assert big.conv1.kernel_size == (7, 7) and isinstance(big.maxpool, nn.MaxPool2d)
+
+
+def test_batchnorm_buffers_travel_through_a_federated_round(run_on_cluster):
+    """ResNet-18 (BatchNorm) on digits at their native 8x8, one round through Flower and Ray:
+    the global model's running statistics are the clients' and its batch counter is the
+    number of steps each client took, as an int64."""
+    res, run_dir = run_on_cluster("model=resnet18", "dataset.image_size=8", "num_clients=4",
+                                  "strategy.fraction_fit=0.5", "num_rounds=1", "batch_size=64",
+                                  "strategy.fraction_evaluate=0", "strategy.min_evaluate_clients=0",
+                                  name="resnet18")
+    assert res["status"] == "completed" and res["rounds"][0]["fit_clients"] == 2
+    state = torch.load(run_dir / "model.pt", weights_only=True)
+    counters = {k: v for k, v in state.items() if k.endswith("num_batches_tracked")}
+    assert len(counters) == 20  # every BatchNorm of ResNet-18
+    # IID sizes differ by at most one example: both sampled clients took the same steps
+    sizes = [c["train_size"] for c in json.loads((run_dir / "partitions.json").read_text())["clients"]]
+    assert len({math.ceil(n / 64) for n in sizes}) == 1
+    expected = math.ceil(sizes[0] / 64)
+    assert all(v.dtype == torch.int64 and int(v) == expected for v in counters.values())
+    assert not torch.equal(state["bn1.running_mean"], torch.zeros(64))
+    assert not torch.equal(state["bn1.running_var"], torch.ones(64))
+    assert all(v.dtype == torch.float32 for k, v in state.items() if k not in counters)

@@ -8,6 +8,7 @@ client's share is then split into train/validation exactly as the tutorial does
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,9 +48,18 @@ def partition(labels: np.ndarray, partitioner, val_fraction: float, seed: int,
     partitioner.dataset = table
     rng = np.random.default_rng(seed)
     train, val = [], []
-    for cid in range(partitioner.num_partitions):
+    with warnings.catch_warnings():
+        # pyarrow's deprecation notice inside `datasets`' sort; PathologicalPartitioner's note
+        # on unused classes (naming an option that does not exist: fedexp reports unassigned
+        # examples itself, in partition_report); DirichletPartitioner's note on each redraw
+        # for min_partition_size (it raises if 10 redraws fail).
+        warnings.filterwarnings("ignore", category=FutureWarning, module="pyarrow")
+        warnings.filterwarnings("ignore", message="Classes: .* will NOT be used")
+        warnings.filterwarnings("ignore", message="The specified min_partition_size")
+        shards = [partitioner.load_partition(cid) for cid in range(partitioner.num_partitions)]
+    for shard in shards:
         # Arrow -> numpy directly: iterating the Column object costs ~0.3 s per client.
-        idx = partitioner.load_partition(cid).with_format("arrow")["index"].to_numpy()
+        idx = shard.with_format("arrow")["index"].to_numpy()
         idx = idx[rng.permutation(len(idx))]
         n_val = int(len(idx) * val_fraction)
         train.append(np.sort(idx[: len(idx) - n_val]))

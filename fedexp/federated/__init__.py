@@ -1,7 +1,8 @@
 """Federated mode: all Flower code of fedexp lives in this package.
 
 client.py (what a virtual client does), server.py (sampling, recording strategy),
-simulation.py (starting Ray and Flower's engine); `run` wires them for one experiment.
+strategies.py (building the configured strategy), simulation.py (starting Ray and Flower's
+engine); `run` wires them for one experiment.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from ..models import get_weights, set_weights
 from ..results import RunResults
 from ..training import evaluate
 from ..workload import Workload
+from . import strategies
 from .client import ClientSpec, make_client_app
 from .server import PartitionClientManager, RecordingStrategy, weighted_mean
 from .simulation import ray_session, run_engine
@@ -42,7 +44,7 @@ def build_strategy(work: Workload, model: torch.nn.Module):
     def evaluate_config(server_round: int) -> dict:
         return {"server_round": server_round, "eval_batch_size": int(cfg.eval_batch_size)}
 
-    return instantiate(
+    return strategies.build(
         cfg.strategy,
         initial_parameters=ndarrays_to_parameters(get_weights(model)),
         evaluate_fn=evaluate_fn,

@@ -71,6 +71,12 @@ class FedexpClient(NumPyClient):
     def fit(self, parameters, config):
         pid, rnd = int(config["partition_id"]), int(config["server_round"])
         set_weights(self.model, parameters)
+        metrics = {"partition_id": pid}
+        if config.get("report_loss_before_fit"):
+            # q-FedAvg weights each client by its loss at the global model, on its own data.
+            before = evaluate(self.model, self.data["x"], self.data["y"], self.data["train"][pid],
+                              batch_size=int(self.spec.cfg["eval_batch_size"]), normalize=self.normalize)
+            metrics["loss_before_fit"] = before["loss"] if before["examples"] else 0.0
         torch.manual_seed(seed_for(int(config["seed"]), rnd, pid, 1))
         optimizer = instantiate(self.spec.cfg["optimizer"], lr=float(config["lr"]))(self.model.parameters())
         stats = train(
@@ -80,7 +86,7 @@ class FedexpClient(NumPyClient):
             generator=torch.Generator().manual_seed(seed_for(int(config["seed"]), rnd, pid)),
             proximal_mu=float(config.get("proximal_mu", 0.0)),
         )
-        metrics = {"train_loss": stats["loss"], "train_accuracy": stats["accuracy"], "partition_id": pid}
+        metrics.update(train_loss=stats["loss"], train_accuracy=stats["accuracy"])
         return get_weights(self.model), stats["examples"], metrics
 
     def evaluate(self, parameters, config):
@@ -88,6 +94,10 @@ class FedexpClient(NumPyClient):
         set_weights(self.model, parameters)
         stats = evaluate(self.model, self.data["x"], self.data["y"], self.data["val"][pid],
                          batch_size=int(config["eval_batch_size"]), normalize=self.normalize)
+        if stats["examples"] == 0:
+            # A client too small to hold validation data: weight 0, and no NaN, which would
+            # turn Flower's weighted average into NaN even at weight 0.
+            return 0.0, 0, {"accuracy": 0.0, "partition_id": pid}
         return stats["loss"], stats["examples"], {"accuracy": stats["accuracy"], "partition_id": pid}
 
 

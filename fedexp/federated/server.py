@@ -5,6 +5,7 @@
 - names each sampled client's data partition in its instructions,
 - orders results by partition before aggregation, so float sums do not depend on which
   Ray worker finished first (runs repeat bit for bit),
+- keeps the aggregated global model in the model's own dtypes (integer buffers as counters),
 - records each round (clients, failures, losses, accuracies, seconds) and reports it.
 """
 from __future__ import annotations
@@ -14,7 +15,8 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-from flwr.common import EvaluateIns, FitIns, Parameters, parameters_to_ndarrays
+from flwr.common import (EvaluateIns, FitIns, Parameters, bytes_to_ndarray, ndarrays_to_parameters,
+                         parameters_to_ndarrays)
 from flwr.server.client_manager import SimpleClientManager
 from flwr.server.strategy import Strategy
 
@@ -68,6 +70,7 @@ class RecordingStrategy(Strategy):
                  on_round: Callable[[dict], None]):
         self.inner, self.cm, self.on_round = inner, client_manager, on_round
         self.parameters: Parameters | None = None
+        self.dtypes: list[np.dtype] | None = None  # the model's own, one per state_dict entry
         self.initial: dict | None = None
         self._round: dict = {}
         self._t0 = 0.0
@@ -87,7 +90,32 @@ class RecordingStrategy(Strategy):
 
     def initialize_parameters(self, client_manager):
         self.parameters = self.inner.initialize_parameters(client_manager)
+        if self.parameters is not None:
+            self.dtypes = [a.dtype for a in parameters_to_ndarrays(self.parameters)]
         return self.parameters
+
+    def _in_model_dtypes(self, params: Parameters, results) -> Parameters:
+        """The global model in the model's own dtypes, integer buffers as counters.
+
+        Strategies do float math on every state entry: FedAdam's update turns float32 weights
+        into float64, FedAvg's in-place mean multiplies int64 entries by int(weight), which is
+        0 for every client when several train, so BatchNorm's `num_batches_tracked` would
+        drop to 0. Float entries keep the strategy's result, cast back to their dtype;
+        integer entries (counters, not weights) become the clients' example-weighted mean,
+        rounded, whatever the strategy.
+        """
+        if self.dtypes is None:  # the strategy let a client initialise the model
+            self.dtypes = [a.dtype for a in parameters_to_ndarrays(results[0][1].parameters)]
+        ints = [i for i, d in enumerate(self.dtypes) if np.issubdtype(d, np.integer)]
+        arrays = parameters_to_ndarrays(params)
+        if not ints and all(a.dtype == d for a, d in zip(arrays, self.dtypes)):
+            return params
+        counts = np.array([res.num_examples for _, res in results], dtype=np.float64)
+        share = counts / counts.sum() if counts.sum() > 0 else np.full(len(counts), 1 / len(counts))
+        for i in ints:
+            values = [bytes_to_ndarray(res.parameters.tensors[i]) for _, res in results]
+            arrays[i] = np.rint(sum(w * v for w, v in zip(share, values)))
+        return ndarrays_to_parameters([a.astype(d, copy=False) for a, d in zip(arrays, self.dtypes)])
 
     def configure_fit(self, server_round, parameters, client_manager):
         self._t0 = time.perf_counter()
@@ -106,6 +134,7 @@ class RecordingStrategy(Strategy):
         self._round.update(train_loss=metrics.get("train_loss"),
                            train_accuracy=metrics.get("train_accuracy"))
         if params is not None:
+            params = self._in_model_dtypes(params, results)
             self.parameters = params
         return params, metrics
 

@@ -1,0 +1,34 @@
+"""`simulation.ray_address` joins an existing Ray cluster instead of starting one.
+
+The cluster is the session's `ray_cluster` (a Ray head on loopback, see conftest.py). A
+sweep of two jobs runs against it, as the README's multi-machine and long-lived-Ray
+recipes do; each job's driver must show up in that cluster's logs, not in a Ray of its own.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import subprocess
+import sys
+
+from conftest import REPO, read_results
+
+
+def test_a_sweep_joins_a_running_cluster(ray_cluster, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedexp", "-m", "num_clients=2", "num_rounds=1", "seed=0,1",
+         f"simulation.ray_address={ray_cluster}", f"hydra.sweep.dir={sweep_dir}"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    results = [read_results(sweep_dir / job) for job in ("0", "1")]
+    assert [r["status"] for r in results] == ["completed", "completed"]
+    assert results[0]["rounds"][0]["test_loss"] != results[1]["rounds"][0]["test_loss"]
+    # Each job connected a driver to the test cluster (its session logs name the pid) ...
+    drivers = glob.glob(f"/tmp/fxray*/session_*/logs/python-core-driver-*_{proc.pid}.log")
+    assert len(drivers) == 2, drivers
+    # ... and started no Ray of its own.
+    assert not glob.glob(f"/tmp/ray/session_*/logs/python-core-driver-*_{proc.pid}.log")
