@@ -28,7 +28,7 @@ def test_a_sweep_joins_a_running_cluster(ray_cluster, tmp_path):
     assert [r["status"] for r in results] == ["completed", "completed"]
     assert results[0]["rounds"][0]["test_loss"] != results[1]["rounds"][0]["test_loss"]
     # Each job connected a driver to the test cluster (its session logs name the pid) ...
-    drivers = glob.glob(f"/tmp/fxray*/session_*/logs/python-core-driver-*_{proc.pid}.log")
+    drivers = glob.glob(f"/tmp/fxray*/session_2*/logs/python-core-driver-*_{proc.pid}.log")
     assert len(drivers) == 2, drivers
     # ... and started no Ray of its own.
-    assert not glob.glob(f"/tmp/ray/session_*/logs/python-core-driver-*_{proc.pid}.log")
+    assert not glob.glob(f"/tmp/ray/session_2*/logs/python-core-driver-*_{proc.pid}.log")
