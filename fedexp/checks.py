@@ -66,9 +66,11 @@ def check(cfg: DictConfig) -> None:
     _check_device(cfg)
     _check_dataset_path(cfg)
     _check_partitioner(cfg)
-    _check_model(cfg)
     if cfg.mode == "federated":
         _check_strategy(cfg)
+    _check_model(cfg)  # these two import torch and flwr: after the checks that need neither
+    if cfg.mode == "federated":
+        _build_strategy(cfg)
 
 
 def _check_device(cfg: DictConfig) -> None:
@@ -117,8 +119,8 @@ def _check_model(cfg: DictConfig) -> None:
     try:
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ConfigError(f"init_checkpoint={ckpt} is not allowed: not a PyTorch state_dict "
-                          f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        raise ConfigError(f"init_checkpoint={ckpt} is not allowed: torch.load(weights_only=True) "
+                          f"cannot read it as a state_dict ({type(e).__name__})") from None
     _need(isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values()),
           "init_checkpoint", ckpt, "a model.pt (a state_dict) written by an earlier fedexp run")
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -217,9 +219,6 @@ def check_partitions(cfg: DictConfig, train: list, val: list) -> None:
 
 
 def _check_strategy(cfg: DictConfig) -> None:
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
-
     s, n = cfg.strategy, cfg.num_clients
     for key in ("fraction_fit", "fraction_evaluate"):
         if key in s:
@@ -259,16 +258,13 @@ def _check_strategy(cfg: DictConfig) -> None:
         # An error, not a warning: clients with no validation data report a NaN loss that
         # FedAvg averages into every round, and quietly turning evaluation off would make
         # the saved config say something that did not happen.
-        raise ConfigError("partitioning.val_fraction=0 leaves clients nothing to evaluate on: "
-                          "set strategy.fraction_evaluate=0 strategy.min_evaluate_clients=0, or val_fraction > 0")
+        raise ConfigError(f"partitioning.val_fraction=0 is not allowed while clients evaluate "
+                          f"(strategy.fraction_evaluate={s.fraction_evaluate}): they would have nothing "
+                          f"to evaluate on; set strategy.fraction_evaluate=0 "
+                          f"strategy.min_evaluate_clients=0, or val_fraction > 0")
     if s.get("accept_failures") is False and (cfg.faults.client_failure_rate > 0 or cfg.faults.straggler_rate > 0):
         log.warning("strategy.accept_failures=false with injected faults: FedAvg discards every "
                     "round in which any client fails (the global model stays as it was)")
-    try:
-        instantiate(s)
-    except InstantiationException as e:
-        raise ConfigError(f"strategy={s._target_.rpartition('.')[2]} cannot be built from its "
-                          f"settings: {e.__cause__ or e}") from None
     fault_rate = cfg.faults.straggler_rate
     if fault_rate and "min_fit_clients" in s:
         sampled = max(int(n * s.get("fraction_fit", 1.0)), s.min_fit_clients)
@@ -276,3 +272,15 @@ def _check_strategy(cfg: DictConfig) -> None:
         if dropped >= sampled:
             log.warning("faults.straggler_rate=%s drops all %d sampled clients every round: the "
                         "run will end as failed in round 1", fault_rate, sampled)
+
+
+def _build_strategy(cfg: DictConfig) -> None:
+    """Build the strategy once, so that a setting Flower's class rejects fails here."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        instantiate(cfg.strategy)
+    except InstantiationException as e:
+        raise ConfigError(f"strategy ({cfg.strategy._target_}) cannot be built from its "
+                          f"settings: {e.__cause__ or e}") from None

@@ -152,6 +152,8 @@ def _settings_problem(cfg) -> str | None:
         check(cfg)
     except (ConfigError, DatasetError) as e:
         return str(e)
+    except Exception:  # e.g. an interpolation that needs Hydra's runtime: the run checks again
+        return None
     finally:
         logger.setLevel(level)
     return None

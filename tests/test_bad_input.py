@@ -61,7 +61,8 @@ CASES = [
     ("val_fraction negative", ["partitioning.val_fraction=-0.1"],
      "partitioning.val_fraction=-0.1 is not allowed: a number in [0, 1)", "config"),
     ("val_fraction 0 but clients evaluate", ["partitioning.val_fraction=0"],
-     "partitioning.val_fraction=0 leaves clients nothing to evaluate on", "config"),
+     "partitioning.val_fraction=0 is not allowed while clients evaluate (strategy.fraction_evaluate=0.5): "
+     "they would have nothing to evaluate on", "config"),
     ("batch_size 0", ["batch_size=0"], "batch_size=0 is not allowed: an integer >= 1", "config"),
     ("failure rate above 1", ["faults.client_failure_rate=1.5"],
      "faults.client_failure_rate=1.5 is not allowed: a fraction in [0, 1]", "config"),
@@ -102,6 +103,8 @@ CASES = [
      "model=nope is not allowed: the model options are cnn, mlp", "config"),
     ("bad value in a sweep (checked by the job)", ["-m", "strategy.fraction_fit=1.5,0.5"],
      "strategy.fraction_fit=1.5 is not allowed: a fraction in (0, 1]", "config"),
+    ("strategy rejects a setting", ["+strategy.no_such_option=1"],
+     "strategy (flwr.server.strategy.FedAvg) cannot be built from its settings:", "config"),
     ("unknown setting", ["num_client=3"],
      "num_client is not a fedexp setting (a typo? `fedexp --cfg job` lists every setting", "config"),
     ("num_clients above examples", ["num_clients=2000"],
@@ -220,7 +223,8 @@ def test_init_checkpoint_that_is_not_a_model(fedexp_cli, tmp_path):
     ckpt = tmp_path / "notes.pt"
     ckpt.write_text("not a checkpoint")
     status, _, err, _ = fedexp_cli(f"init_checkpoint={ckpt}", data_allowed=False)
-    assert status == 2 and f"init_checkpoint={ckpt} is not allowed: not a PyTorch state_dict" in err
+    assert status == 2
+    assert f"init_checkpoint={ckpt} is not allowed: torch.load(weights_only=True) cannot read it as a state_dict" in err
 
 
 def test_verbose_shows_the_traceback(fedexp_cli):
