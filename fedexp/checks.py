@@ -2,13 +2,18 @@
 
 Every problem is one line that names the setting, its value and what is allowed, so that a
 typo costs a second instead of a Ray traceback or a simulation that waits forever.
+`check` needs only the config; `check_data` and `check_partitions` need the loaded
+labels and the partitions, and run right after them, still before Ray starts.
+Settings that are valid but do nothing get a warning with the values that take effect.
 """
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
-from omegaconf import DictConfig
+import numpy as np
+from omegaconf import DictConfig, ListConfig
 
 log = logging.getLogger("fedexp")
 
@@ -26,11 +31,21 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def partitioner_name(cfg: DictConfig) -> str:
+    """The flwr-datasets class the partitioning option names, e.g. "DirichletPartitioner"."""
+    return str(cfg.partitioning.partitioner.get("_target_", "")).rpartition(".")[2]
+
+
 def check(cfg: DictConfig) -> None:
     """Raise ConfigError for the first bad setting; warn about settings that do nothing."""
     _need(cfg.mode in ("federated", "centralized"), "mode", cfg.mode, "federated or centralized")
     n = cfg.num_clients
     _need(_is_int(n) and n >= 1, "num_clients", n, "an integer >= 1")
+    _need(_is_int(cfg.seed), "seed", cfg.seed, "an integer")
     _need(_is_int(cfg.num_rounds) and cfg.num_rounds >= 1, "num_rounds", cfg.num_rounds, "an integer >= 1")
     _need(_is_int(cfg.local_epochs) and cfg.local_epochs >= 1, "local_epochs", cfg.local_epochs, "an integer >= 1")
     _need(_is_int(cfg.batch_size) and cfg.batch_size >= 1, "batch_size", cfg.batch_size, "an integer >= 1")
@@ -42,20 +57,165 @@ def check(cfg: DictConfig) -> None:
     _need(p is None or (_is_int(p) and 0 <= p < n), "centralized.partition", p,
           f"null (all clients pooled) or a client index 0..{n - 1}")
     vf = cfg.partitioning.val_fraction
-    _need(isinstance(vf, (int, float)) and 0 <= vf < 1, "partitioning.val_fraction", vf, "a number in [0, 1)")
+    _need(_is_number(vf) and 0 <= vf < 1, "partitioning.val_fraction", vf, "a number in [0, 1)")
     lr = cfg.optimizer.get("lr")
-    _need(isinstance(lr, (int, float)) and lr > 0, "optimizer.lr", lr, "a number > 0")
+    _need(_is_number(lr) and lr > 0, "optimizer.lr", lr, "a number > 0")
+    for key in ("client_failure_rate", "straggler_rate"):
+        v = cfg.faults[key]
+        _need(_is_number(v) and 0 <= v <= 1, f"faults.{key}", v, "a fraction in [0, 1]")
+    _check_device(cfg)
+    _check_dataset_path(cfg)
+    _check_partitioner(cfg)
+    if cfg.mode == "federated":
+        _check_strategy(cfg)
+    _check_model(cfg)  # these two import torch and flwr: after the checks that need neither
+    if cfg.mode == "federated":
+        _build_strategy(cfg)
+
+
+def _check_device(cfg: DictConfig) -> None:
     _need(cfg.device.type in ("cpu", "cuda", "auto"), "device.type", cfg.device.type, "cpu, cuda or auto")
     if cfg.device.type == "cuda":
         import torch
 
         _need(torch.cuda.is_available(), "device", "cuda", "CUDA is not available on this machine "
               "(use device=cpu or device=auto)")
-    if cfg.get("init_checkpoint"):
-        _need(Path(cfg.init_checkpoint).is_file(), "init_checkpoint", cfg.init_checkpoint,
-              "a model.pt written by an earlier fedexp run (file not found)")
-    if cfg.mode == "federated":
-        _check_strategy(cfg)
+    cpus = cfg.device.client_cpus
+    _need(_is_number(cpus) and cpus > 0, "device.client_cpus", cpus, "a number > 0")
+    sim = cfg.simulation
+    _need(sim.num_cpus is None or (_is_int(sim.num_cpus) and sim.num_cpus >= 1),
+          "simulation.num_cpus", sim.num_cpus, "null (all CPUs) or an integer >= 1")
+    if cfg.mode == "federated" and not sim.ray_address:
+        total = sim.num_cpus or os.cpu_count() or 1
+        _need(cpus <= total, "device.client_cpus", cpus,
+              f"at most the {total} CPUs Ray gets (simulation.num_cpus, or this machine's): "
+              f"no client could ever be scheduled")
+
+
+def _check_dataset_path(cfg: DictConfig) -> None:
+    if str(cfg.dataset.loader.get("_target_", "")).endswith("load_image_folder"):
+        from .data.datasets import check_image_folder
+
+        check_image_folder(cfg.dataset.get("path"))
+
+
+def _check_model(cfg: DictConfig) -> None:
+    """Build the model once (cheap) so a model/dataset mismatch or a checkpoint of another
+    model is reported now, not by a Ray worker."""
+    import torch
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        model = instantiate(cfg.model)
+    except InstantiationException as e:
+        raise ConfigError(f"model ({cfg.model._target_}) cannot be built for "
+                          f"dataset={cfg.dataset.name}: {e.__cause__ or e}") from None
+    ckpt = cfg.get("init_checkpoint")
+    if not ckpt:
+        return
+    _need(Path(ckpt).is_file(), "init_checkpoint", ckpt,
+          "a model.pt written by an earlier fedexp run (file not found)")
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ConfigError(f"init_checkpoint={ckpt} is not allowed: torch.load(weights_only=True) "
+                          f"cannot read it as a state_dict ({type(e).__name__})") from None
+    _need(isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values()),
+          "init_checkpoint", ckpt, "a model.pt (a state_dict) written by an earlier fedexp run")
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    if want != got:
+        missing = sorted(set(want) - set(got))
+        different = sorted(k for k in set(want) & set(got) if want[k] != got[k])
+        detail = (f"{different[0]} has shape {got[different[0]]}, the model needs {want[different[0]]}"
+                  if different else f"it lacks {missing[0]}" if missing
+                  else f"it has extra entries such as {sorted(set(got) - set(want))[0]}")
+        raise ConfigError(f"init_checkpoint={ckpt} is not allowed: it holds another model than "
+                          f"the configured one ({cfg.model._target_} on dataset="
+                          f"{cfg.dataset.name}): {detail}")
+
+
+# flwr-datasets partitioners, by class name: checks of their own parameters.
+_ASSIGNMENT_MODES = ("random", "deterministic", "first-deterministic")
+
+
+def _check_partitioner(cfg: DictConfig) -> None:
+    part, name, n = cfg.partitioning.partitioner, partitioner_name(cfg), cfg.num_clients
+    key = "partitioning.partitioner"
+    if "num_partitions" in part:
+        _need(part.num_partitions == n, f"{key}.num_partitions", part.num_partitions,
+              f"equal to num_clients={n} (leave it at ${{num_clients}})")
+    if "partition_by" in part:
+        _need(part.partition_by == "label", f"{key}.partition_by", part.partition_by,
+              "label (fedexp's datasets have one column to partition by)")
+    if name == "DirichletPartitioner":
+        alpha = part.get("alpha")
+        ok = (_is_number(alpha) and alpha > 0) or (
+            isinstance(alpha, (list, ListConfig)) and len(alpha) == n
+            and all(_is_number(a) and a > 0 for a in alpha))
+        _need(ok, f"{key}.alpha", alpha, f"a number > 0 (or a list of num_clients={n} numbers > 0); "
+              f"small alpha = very uneven label mixes, large = close to IID")
+        m = part.get("min_partition_size", 10)
+        _need(_is_int(m) and m >= 0, f"{key}.min_partition_size", m, "an integer >= 0")
+    elif name == "PathologicalPartitioner":
+        k, classes = part.get("num_classes_per_partition"), cfg.dataset.num_classes
+        _need(_is_int(k) and 1 <= k <= classes, f"{key}.num_classes_per_partition", k,
+              f"an integer from 1 to the {classes} classes of dataset={cfg.dataset.name}")
+        mode = part.get("class_assignment_mode", "random")
+        _need(mode in _ASSIGNMENT_MODES, f"{key}.class_assignment_mode", mode, ", ".join(_ASSIGNMENT_MODES))
+    elif name == "ShardPartitioner":
+        shards, size = part.get("num_shards_per_partition"), part.get("shard_size")
+        for setting, v in (("num_shards_per_partition", shards), ("shard_size", size)):
+            _need(v is None or (_is_int(v) and v >= 1), f"{key}.{setting}", v, "null or an integer >= 1")
+        _need(shards is not None or size is not None, f"{key}.shard_size", size,
+              "an integer >= 1 when num_shards_per_partition is null (set at least one of them)")
+
+
+def check_data(cfg: DictConfig, labels: np.ndarray) -> None:
+    """Checks that need the number of training examples (right after loading)."""
+    n_train, n, key = len(labels), cfg.num_clients, "partitioning.partitioner"
+    name, part = partitioner_name(cfg), cfg.partitioning.partitioner
+    _need(n <= n_train, "num_clients", n, f"at most the {n_train} training examples of "
+          f"dataset={cfg.dataset.name} (every client needs data)")
+    if name == "DirichletPartitioner":
+        m = part.get("min_partition_size", 10)
+        _need(n * m <= n_train, f"{key}.min_partition_size", m,
+              f"at most {n_train // n}: num_clients={n} clients x {m} examples is more than the "
+              f"{n_train} training examples")
+    elif name == "PathologicalPartitioner":
+        present = len(np.unique(labels))
+        k = part.num_classes_per_partition
+        _need(k <= present, f"{key}.num_classes_per_partition", k,
+              f"at most the {present} classes present in the training set")
+    elif name == "ShardPartitioner":
+        shards, size = part.get("num_shards_per_partition"), part.get("shard_size")
+        need = n * (shards or 1) * (size or 1)
+        setting = "shard_size" if size is not None else "num_shards_per_partition"
+        _need(need <= n_train, f"{key}.{setting}", size if size is not None else shards,
+              f"small enough that num_clients={n} clients x {shards or 1} shard(s) x "
+              f"{size or 1} examples fit in the {n_train} training examples")
+
+
+def check_partitions(cfg: DictConfig, train: list, val: list) -> None:
+    """Checks of what the partitioner produced (before Ray starts)."""
+    n = len(train)
+    empty = [i for i, t in enumerate(train) if len(t) == 0]
+    if empty:
+        raise ConfigError(
+            f"partitioning={cfg.partitioning.get('name', partitioner_name(cfg))} with num_clients={n} "
+            f"gives {len(empty)} client(s) no training examples (client {empty[0]} first): lower "
+            f"num_clients or change the partitioner's settings")
+    evaluating = cfg.mode == "federated" and cfg.strategy.get("fraction_evaluate", 0) > 0
+    no_val = [i for i, v in enumerate(val) if len(v) == 0]
+    if evaluating and no_val:
+        smallest = min(len(train[i]) + len(val[i]) for i in no_val)
+        raise ConfigError(
+            f"partitioning.val_fraction={cfg.partitioning.val_fraction} leaves {len(no_val)} of {n} "
+            f"clients without validation examples (client {no_val[0]} first; a client with "
+            f"{smallest} examples keeps none for validation), and strategy.fraction_evaluate="
+            f"{cfg.strategy.fraction_evaluate} asks clients to evaluate: raise val_fraction, lower "
+            f"num_clients, or set strategy.fraction_evaluate=0 strategy.min_evaluate_clients=0")
 
 
 def _check_strategy(cfg: DictConfig) -> None:
@@ -64,8 +224,9 @@ def _check_strategy(cfg: DictConfig) -> None:
         if key in s:
             v = s[key]
             lo = 0 < v if key == "fraction_fit" else 0 <= v
-            _need(isinstance(v, (int, float)) and lo and v <= 1, f"strategy.{key}", v,
-                  "a fraction in (0, 1]" if key == "fraction_fit" else "a fraction in [0, 1]")
+            _need(_is_number(v) and lo and v <= 1, f"strategy.{key}", v,
+                  "a fraction in (0, 1]" if key == "fraction_fit"
+                  else "a fraction in [0, 1] (0 turns client-side evaluation off)")
     for key in ("min_fit_clients", "min_evaluate_clients", "min_available_clients"):
         if key in s:
             v = s[key]
@@ -73,6 +234,9 @@ def _check_strategy(cfg: DictConfig) -> None:
                   f"an integer from 0 to num_clients={n} (more would make Flower wait forever)")
     if "fraction_fit" in s and "min_fit_clients" in s:
         asked = int(n * s.fraction_fit)
+        _need(max(asked, s.min_fit_clients) >= 1, "strategy.fraction_fit", s.fraction_fit,
+              f"large enough that int(num_clients * fraction_fit) >= 1 (it is 0 with num_clients={n}), "
+              f"or strategy.min_fit_clients >= 1: no client would train")
         if s.min_fit_clients > asked:
             log.warning("strategy.min_fit_clients=%d raises the %d clients that fraction_fit=%s "
                         "asks for: %d clients train per round", s.min_fit_clients, asked,
@@ -82,9 +246,41 @@ def _check_strategy(cfg: DictConfig) -> None:
         if s.fraction_evaluate == 0 and s.min_evaluate_clients > 0:
             log.warning("strategy.min_evaluate_clients=%d does nothing: fraction_evaluate=0 turns "
                         "client-side evaluation off (0 clients evaluate)", s.min_evaluate_clients)
-        elif s.min_evaluate_clients > asked:
+        elif s.fraction_evaluate > 0 and s.min_evaluate_clients > asked:
             log.warning("strategy.min_evaluate_clients=%d raises the %d clients that fraction_evaluate=%s "
-                        "asks for", s.min_evaluate_clients, asked, s.fraction_evaluate)
+                        "asks for: %d clients evaluate per round", s.min_evaluate_clients, asked,
+                        s.fraction_evaluate, s.min_evaluate_clients)
+        elif s.fraction_evaluate > 0 and max(asked, s.min_evaluate_clients) == 0:
+            log.warning("strategy.fraction_evaluate=%s asks for int(%d * %s) = 0 clients and "
+                        "min_evaluate_clients=0: no client evaluates", s.fraction_evaluate, n,
+                        s.fraction_evaluate)
     if cfg.partitioning.val_fraction == 0 and s.get("fraction_evaluate", 0) > 0:
-        raise ConfigError("partitioning.val_fraction=0 leaves clients nothing to evaluate on: "
-                          "set strategy.fraction_evaluate=0 strategy.min_evaluate_clients=0, or val_fraction > 0")
+        # An error, not a warning: clients with no validation data report a NaN loss that
+        # FedAvg averages into every round, and quietly turning evaluation off would make
+        # the saved config say something that did not happen.
+        raise ConfigError(f"partitioning.val_fraction=0 is not allowed while clients evaluate "
+                          f"(strategy.fraction_evaluate={s.fraction_evaluate}): they would have nothing "
+                          f"to evaluate on; set strategy.fraction_evaluate=0 "
+                          f"strategy.min_evaluate_clients=0, or val_fraction > 0")
+    if s.get("accept_failures") is False and (cfg.faults.client_failure_rate > 0 or cfg.faults.straggler_rate > 0):
+        log.warning("strategy.accept_failures=false with injected faults: FedAvg discards every "
+                    "round in which any client fails (the global model stays as it was)")
+    fault_rate = cfg.faults.straggler_rate
+    if fault_rate and "min_fit_clients" in s:
+        sampled = max(int(n * s.get("fraction_fit", 1.0)), s.min_fit_clients)
+        dropped = int(round(fault_rate * sampled))
+        if dropped >= sampled:
+            log.warning("faults.straggler_rate=%s drops all %d sampled clients every round: the "
+                        "run will end as failed in round 1", fault_rate, sampled)
+
+
+def _build_strategy(cfg: DictConfig) -> None:
+    """Build the strategy once, so that a setting Flower's class rejects fails here."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        instantiate(cfg.strategy)
+    except InstantiationException as e:
+        raise ConfigError(f"strategy ({cfg.strategy._target_}) cannot be built from its "
+                          f"settings: {e.__cause__ or e}") from None

@@ -11,14 +11,20 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from .checks import ConfigError, check
+from .command_line import check_command_line, fresh_dir
 from .data import DatasetError
+from .interrupts import signals_as_interrupts
 from .results import ResultsExistError, RunResults
 from .sweep import in_multirun, record_failed_job
 
 log = logging.getLogger("fedexp")
+OmegaConf.register_new_resolver("fedexp.fresh_dir", fresh_dir, replace=True)
+
+USER_ERRORS = (ConfigError, DatasetError, ResultsExistError)
 
 
 def config_dir() -> str:
@@ -32,9 +38,13 @@ def config_dir() -> str:
 
 
 def run(cfg: DictConfig, run_dir: str) -> dict:
-    """Run the experiment `cfg` describes, writing into `run_dir`; return results.json's data."""
-    import torch
+    """Run the experiment `cfg` describes, writing into `run_dir`; return results.json's data.
 
+    Bad settings raise ConfigError before any data is loaded (or, for the checks that need
+    the data, before Ray starts). The runners write model.pt and end results.json with
+    "completed", "failed" or "diverged"; an exception ends it with "failed", an interrupt
+    (KeyboardInterrupt, see interrupts.py) with "interrupted".
+    """
     from . import centralized, federated, partition_report
     from .workload import Workload
 
@@ -46,11 +56,13 @@ def run(cfg: DictConfig, run_dir: str) -> dict:
                                 "test_examples": len(work.data.y_test), "clients": len(work.parts)}
         partition_report.write(run_dir, work.data.y_train, work.parts, work.data.classes, cfg.partitioning)
         runner = federated if cfg.mode == "federated" else centralized
-        model = runner.run(work, results)
-        torch.save(model.state_dict(), Path(run_dir) / "model.pt")
+        runner.run(work, results)
     except BaseException as e:
         if results.data["status"] == "running":
-            results.finish("failed", error=f"{type(e).__name__}: {e}")
+            if isinstance(e, KeyboardInterrupt):
+                results.finish("interrupted", error=str(e) or "interrupted")
+            else:
+                results.finish("failed", error=f"{type(e).__name__}: {e}")
         raise
     finally:
         results.plot()
@@ -69,23 +81,54 @@ def run_sweep_job(cfg: DictConfig, run_dir: str) -> dict | None:
         return None
 
 
+def exit_status(error: BaseException, run_dir: str) -> int | None:
+    """The exit status for an error the user can act on, after one line on stderr; None
+    for anything else (a bug: Hydra prints the traceback)."""
+    if isinstance(error, USER_ERRORS):
+        print(f"fedexp: error: {error}", file=sys.stderr)
+        return 2
+    if isinstance(error, KeyboardInterrupt):
+        print(f"fedexp: {error or 'interrupted'}: the results so far are in {run_dir} "
+              f"(status: interrupted)", file=sys.stderr)
+        return getattr(error, "exit_code", 130)
+    return None
+
+
 @hydra.main(config_path=config_dir(), config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> float | None:
+def job(cfg: DictConfig) -> float | None:
+    """One Hydra job (a run, or one run of a sweep)."""
     run_dir = HydraConfig.get().runtime.output_dir
     try:
-        data = run_sweep_job(cfg, run_dir) if in_multirun() else run(cfg, run_dir)
-    except (ConfigError, DatasetError, ResultsExistError) as e:
-        print(f"fedexp: error: {e}", file=sys.stderr)
-        if cfg.get("verbose"):
+        with signals_as_interrupts():
+            data = run_sweep_job(cfg, run_dir) if in_multirun() else run(cfg, run_dir)
+    except BaseException as e:
+        status = exit_status(e, run_dir)
+        if status is None or (cfg.get("verbose") and not isinstance(e, KeyboardInterrupt)):
             raise
-        sys.exit(2)
+        sys.exit(status)
     if data is None:
         return None
     final = data.get("final") or {}
+    if data["status"] != "completed":
+        print(f"fedexp: run {data['status']}: {data.get('error')}; results and the last good "
+              f"model are in {run_dir}", file=sys.stderr)
+        if HydraConfig.get().mode != RunMode.MULTIRUN:  # a sweep goes on with its next job
+            sys.exit(1)
+        return None
     log.info("%s run %s: final test accuracy %s, test loss %s (%.1fs) -> %s", cfg.mode,
              data["status"], final.get("test_accuracy"), final.get("test_loss"),
              data["wall_seconds"], run_dir)
     return final.get("test_accuracy")
+
+
+def main() -> None:
+    """The `fedexp` command: the command line is checked before Hydra touches any run
+    directory (see command_line.py), then Hydra composes and runs `job`."""
+    problem = check_command_line(sys.argv[1:], config_dir())
+    if problem:
+        print(f"fedexp: error: {problem}", file=sys.stderr)
+        sys.exit(2)
+    job()
 
 
 if __name__ == "__main__":

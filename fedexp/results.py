@@ -2,7 +2,8 @@
 
 results.json and metrics.csv are rewritten after every round or epoch, atomically (temp
 file + rename), with `status: "running"` until the end: a killed run still leaves every
-completed round on disk, and a reader never sees a half-written file.
+completed round on disk, and a reader never sees a half-written file. The run ends with
+one of STATUSES. A run directory that already holds a results.json is never reused.
 The contract (documented in the README) may gain keys; existing keys are never renamed.
 """
 from __future__ import annotations
@@ -12,9 +13,11 @@ import io
 import json
 import math
 import os
+import threading
 import time
 from pathlib import Path
 
+STATUSES = ("running", "completed", "failed", "diverged", "interrupted")
 STEP_KEY = {"federated": "rounds", "centralized": "epochs"}
 CSV_COLUMNS = {
     "federated": ["round", "fit_clients", "fit_failures", "evaluate_clients", "train_loss",
@@ -41,9 +44,18 @@ def _clean(v):
 
 
 def atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def refuse_if_used(run_dir: str | Path) -> None:
+    """Raise ResultsExistError when `run_dir` holds another run's results.json."""
+    run_dir = Path(run_dir)
+    if (run_dir / "results.json").exists():
+        raise ResultsExistError(
+            f"{run_dir} already holds results.json from another run; refusing to overwrite "
+            f"it (choose another hydra.run.dir, or leave it unset for a fresh directory)")
 
 
 class RunResults:
@@ -52,11 +64,9 @@ class RunResults:
     def __init__(self, run_dir: str | Path, mode: str, info: dict | None = None):
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        if (self.dir / "results.json").exists():
-            raise ResultsExistError(
-                f"{self.dir} already holds results.json from another run; refusing to overwrite "
-                f"it (choose another hydra.run.dir)")
+        refuse_if_used(self.dir)
         self.mode = mode
+        self._lock = threading.Lock()
         self._start = time.perf_counter()
         self.data: dict = {"status": "running", "mode": mode, "wall_seconds": 0.0,
                            STEP_KEY[mode]: [], "final": None, **(info or {})}
@@ -71,6 +81,7 @@ class RunResults:
         self.write()
 
     def finish(self, status: str, final: dict | None = None, error: str | None = None) -> None:
+        assert status in STATUSES, status
         self.data["status"] = status
         if final is not None:
             self.data["final"] = final
@@ -79,15 +90,26 @@ class RunResults:
         self.write()
 
     def write(self) -> None:
-        self.data["wall_seconds"] = round(time.perf_counter() - self._start, 3)
-        atomic_write(self.dir / "results.json", json.dumps(_clean(self.data), indent=2) + "\n")
-        buf = io.StringIO()
-        cols = CSV_COLUMNS[self.mode]
-        w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
-        w.writeheader()
-        for row in self.steps:
-            w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in cols})
-        atomic_write(self.dir / "metrics.csv", buf.getvalue())
+        with self._lock:  # rounds are recorded from Flower's server thread
+            self.data["wall_seconds"] = round(time.perf_counter() - self._start, 3)
+            atomic_write(self.dir / "results.json", json.dumps(_clean(self.data), indent=2) + "\n")
+            buf = io.StringIO()
+            cols = CSV_COLUMNS[self.mode]
+            w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
+            w.writeheader()
+            for row in self.steps:
+                w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in cols})
+            atomic_write(self.dir / "metrics.csv", buf.getvalue())
+
+    def save_model(self, model) -> Path:
+        """model.pt: the model's state_dict, written atomically like the rest."""
+        import torch
+
+        out = self.dir / "model.pt"
+        tmp = out.with_name(f".model.pt.{os.getpid()}.tmp")
+        torch.save(model.state_dict(), tmp)
+        os.replace(tmp, out)
+        return out
 
     def plot(self) -> Path | None:
         """results.png: accuracy and loss per round/epoch, on the test set (server side, with
@@ -115,7 +137,8 @@ class RunResults:
             ax.set_title(metric)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
-            ax.legend()
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend()
         fig.suptitle(f"{self.mode} run, {self.data['status']}: {self._describe()}", fontsize=10)
         fig.tight_layout()
         out = self.dir / "results.png"

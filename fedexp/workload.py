@@ -1,13 +1,17 @@
 """What both run modes share: the data, its partitions, the device and seeded models."""
 from __future__ import annotations
 
+import logging
+import warnings
 from dataclasses import dataclass
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from .data import ImageData, Partitions, partition
+from .checks import ConfigError, check_data, check_partitions, partitioner_name
+from .data import DatasetError, ImageData, Partitions, partition
 from .models import set_weights
 from .training import Normalizer
 
@@ -27,10 +31,16 @@ class Workload:
 
     @classmethod
     def build(cls, cfg: DictConfig) -> "Workload":
-        data = instantiate(cfg.dataset.loader)
-        partitioner = instantiate(cfg.partitioning.partitioner)
-        parts = partition(data.y_train, partitioner, cfg.partitioning.val_fraction, cfg.seed,
-                          shuffle=cfg.partitioning.get("shuffle", True))
+        """Load and partition the data; the checks that need it run here, before Ray."""
+        try:
+            data = instantiate(cfg.dataset.loader)
+        except InstantiationException as e:  # Hydra wraps the loader's own DatasetError
+            if isinstance(e.__cause__, DatasetError):
+                raise e.__cause__ from None
+            raise
+        check_data(cfg, data.y_train)
+        parts = _partition(cfg, data)
+        check_partitions(cfg, parts.train, parts.val)
         return cls(cfg, data, parts, resolve_device(cfg.device.type))
 
     def new_model(self) -> torch.nn.Module:
@@ -44,3 +54,38 @@ class Workload:
 
     def normalizer(self) -> Normalizer:
         return Normalizer(self.cfg.dataset.mean, self.cfg.dataset.std, self.device)
+
+
+def _partition(cfg: DictConfig, data: ImageData) -> Partitions:
+    """Run the configured flwr-datasets partitioner; its ValueErrors (settings it cannot
+    satisfy, e.g. a Dirichlet min_partition_size not met after 10 samplings) become one
+    ConfigError line, and its per-retry warnings one log line."""
+    name = partitioner_name(cfg)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            partitioner = instantiate(cfg.partitioning.partitioner)
+            parts = partition(data.y_train, partitioner, cfg.partitioning.val_fraction, cfg.seed,
+                              shuffle=cfg.partitioning.get("shuffle", True))
+    except (InstantiationException, ValueError, TypeError) as e:
+        cause = e.__cause__ if isinstance(e, InstantiationException) and e.__cause__ else e
+        part = cfg.partitioning.partitioner
+        if name == "DirichletPartitioner" and "attempts" in str(cause):
+            m = part.get("min_partition_size", 10)
+            raise ConfigError(
+                f"partitioning.partitioner.min_partition_size={m} is not allowed with alpha="
+                f"{part.alpha}: DirichletPartitioner could not give each of num_clients="
+                f"{cfg.num_clients} clients {m} examples in 10 samplings (raise alpha, or lower "
+                f"min_partition_size or num_clients)") from None
+        raise ConfigError(f"partitioning.partitioner ({name}) cannot split the {len(data.y_train)} "
+                          f"training examples of dataset={cfg.dataset.name} among num_clients="
+                          f"{cfg.num_clients} with these settings: {cause}") from None
+    retries = [w for w in caught if "min_partition_size" in str(w.message)]
+    if retries:
+        logging.getLogger("fedexp").warning(
+            "%s sampled %d times before every client got min_partition_size=%s examples",
+            name, len(retries) + 1, cfg.partitioning.partitioner.get("min_partition_size"))
+    for w in caught:
+        if w not in retries:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return parts

@@ -78,22 +78,40 @@ def load_digits(image_size: int = 32, test_fraction: float = 0.2, seed: int = 0)
                      [str(c) for c in bunch.target_names])
 
 
+# Where torchvision looks for each dataset's files under `root` (what to copy there offline).
+_EXPECTED = {
+    "CIFAR10": "cifar-10-python.tar.gz, or its extracted cifar-10-batches-py/ folder, in {root}",
+    "MNIST": "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte and "
+             "t10k-labels-idx1-ubyte (or the same with .gz) in {root}/MNIST/raw/",
+    "FashionMNIST": "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte and "
+                    "t10k-labels-idx1-ubyte (or the same with .gz) in {root}/FashionMNIST/raw/",
+}
+
+
+def _last_line(e: BaseException) -> str:
+    """torchvision's errors span lines (one per mirror tried); the last says why."""
+    lines = [l.strip().rstrip(")").strip() for l in str(e).splitlines() if l.strip()]
+    lines = [l for l in lines if not l.startswith("Tried ")] or [type(e).__name__]
+    return lines[-1]
+
+
 def _torchvision(name: str, root: str, download: bool, image_size: int) -> ImageData:
     import torchvision.datasets as tvd
 
     cls = getattr(tvd, name)
+    where = _EXPECTED[name].format(root=root)
     try:
         train = cls(root, train=True, download=download)
         test = cls(root, train=False, download=download)
-    except RuntimeError as e:  # torchvision: "Dataset not found or corrupted"
+    except (RuntimeError, OSError) as e:  # not found / URLError and friends (no network)
+        if download:
+            raise DatasetError(
+                f"{name} is not under dataset.root={root} and downloading it failed "
+                f"({_last_line(e)}): put {where}, copied from a machine with network access "
+                f"(dataset=digits works offline)") from None
         raise DatasetError(
-            f"dataset {name} not found under dataset.root={root} ({e}); put the files there, "
+            f"{name} is not under dataset.root={root} and dataset.download=false: put {where}, "
             f"or allow dataset.download=true with network access (dataset=digits works offline)"
-        ) from None
-    except OSError as e:  # URLError and friends: no network
-        raise DatasetError(
-            f"downloading {name} into dataset.root={root} failed ({e}); download it on a machine "
-            f"with network access and copy it there (dataset=digits works offline)"
         ) from None
 
     def arrays(ds):

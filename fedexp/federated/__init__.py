@@ -2,9 +2,14 @@
 
 client.py (what a virtual client does), server.py (sampling, recording strategy),
 strategies.py (building the configured strategy), simulation.py (starting Ray and Flower's
-engine); `run` wires them for one experiment.
+engine), faults.py (injected failures and stragglers); `run` wires them for one experiment.
+
+However the run ends (completed, failed, diverged, interrupted), the last good global
+model is written as model.pt and results.json says how it ended.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 from flwr.common import ndarrays_to_parameters
@@ -20,7 +25,7 @@ from ..training import evaluate
 from ..workload import Workload
 from . import strategies
 from .client import ClientSpec, make_client_app
-from .server import PartitionClientManager, RecordingStrategy, weighted_mean
+from .server import PartitionClientManager, RecordingStrategy, RunEnded, weighted_mean
 from .simulation import ray_session, run_engine
 
 
@@ -64,7 +69,8 @@ def run(work: Workload, results: RunResults) -> torch.nn.Module:
         results.add(record)
         progress.round_line(record, cfg.num_rounds, results.steps)
 
-    strategy = RecordingStrategy(build_strategy(work, model), manager, on_round)
+    strategy = RecordingStrategy(build_strategy(work, model), manager, on_round, seed=cfg.seed,
+                                 straggler_rate=float(cfg.faults.straggler_rate))
     server = Server(client_manager=manager, strategy=strategy)
     # Flower's compat layer sends each client's instruction from its own thread and polls
     # for the reply every 0.1 s; its default pool (cores + 4 threads) leaves Ray workers
@@ -77,19 +83,38 @@ def run(work: Workload, results: RunResults) -> torch.nn.Module:
     progress.start_line(f"federated: {progress.count(cfg.num_rounds, 'round')}, "
                         f"{progress.count(cfg.num_clients, 'client')}, "
                         f"{type(strategy.inner).__name__} on {cfg.dataset.name}; starting Ray")
-    with ray_session(cfg.simulation.ray_address, cfg.simulation.num_cpus, cfg.simulation.num_gpus,
-                     cfg.verbose) as ray:
-        data_ref = ray.put({"x": work.data.x_train, "y": work.data.y_train,
-                            "train": work.parts.train, "val": work.parts.val})
-        spec = ClientSpec(cfg=OmegaConf.to_container(cfg, resolve=True), data_ref=data_ref,
-                          device=str(work.device), threads=max(1, int(client_cpus)))
-        run_engine(server_app, make_client_app(spec), cfg.num_clients,
-                   {"num_cpus": client_cpus, "num_gpus": client_gpus}, cfg.verbose)
-    results.data["initial"] = strategy.initial
-    weights = strategy.final_weights()
-    if weights is not None:
-        set_weights(model, weights)
-    last = results.steps[-1] if results.steps else {}
-    results.finish("completed", final={"test_loss": last.get("test_loss"),
-                                       "test_accuracy": last.get("test_accuracy")})
+    status, error, interrupt = "completed", None, None
+    try:
+        with ray_session(cfg.simulation.ray_address, cfg.simulation.num_cpus, cfg.simulation.num_gpus,
+                         cfg.verbose) as ray:
+            data_ref = ray.put({"x": work.data.x_train, "y": work.data.y_train,
+                                "train": work.parts.train, "val": work.parts.val})
+            spec = ClientSpec(cfg=OmegaConf.to_container(cfg, resolve=True), data_ref=data_ref,
+                              device=str(work.device), threads=max(1, int(client_cpus)))
+            run_engine(server_app, make_client_app(spec), cfg.num_clients,
+                       {"num_cpus": client_cpus, "num_gpus": client_gpus}, cfg.verbose,
+                       stop=strategy.stop.set, local_ray=not cfg.simulation.ray_address)
+    except RunEnded as e:
+        status, error = e.status, str(e)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (see fedexp/interrupts.py)
+        status, error, interrupt = "interrupted", str(e) or "interrupted", e
+    finally:
+        results.data["initial"] = strategy.initial
+        weights = strategy.final_weights()
+        if weights is not None:
+            set_weights(model, weights)
+        results.save_model(model)
+    results.finish(status, error=error, final=_final(results.steps, strategy.initial))
+    if interrupt is not None:
+        raise interrupt
     return model
+
+
+def _final(rounds: list[dict], initial: dict | None) -> dict:
+    """Test loss and accuracy of the saved model: the last round that evaluated a finite
+    model (a failed or diverged last round left the model of the round before)."""
+    for r in reversed(rounds):
+        if isinstance(r.get("test_loss"), float) and math.isfinite(r["test_loss"]):
+            return {"test_loss": r["test_loss"], "test_accuracy": r.get("test_accuracy")}
+    initial = initial or {}
+    return {"test_loss": initial.get("test_loss"), "test_accuracy": initial.get("test_accuracy")}

@@ -5,6 +5,10 @@ Ray's object store (zero-copy for numpy), and stay cached in that worker process
 client object itself is cheap and is made anew for every message, as Flower expects.
 The server names the partition in each instruction (`partition_id`), so which data a
 virtual client holds never depends on Flower's random node ids (see server.py).
+
+A fit call may fail on purpose (`faults.client_failure_rate`, see faults.py). A client
+whose local training diverges (NaN/inf loss or weights) does not raise: it answers with
+`metrics["diverged"]` and no weights, so the server can tell divergence from a crash.
 """
 from __future__ import annotations
 
@@ -18,7 +22,8 @@ from flwr.common import Context
 from hydra.utils import instantiate
 
 from ..models import get_weights, set_weights
-from ..training import Normalizer, evaluate, train
+from ..training import DivergedError, Normalizer, evaluate, train
+from .faults import InjectedClientFailure, fit_fails
 
 _WORKER: dict[str, Any] = {}  # per worker process: data fetched once, threads set once
 
@@ -69,7 +74,11 @@ class FedexpClient(NumPyClient):
         return get_weights(self.model)
 
     def fit(self, parameters, config):
-        pid, rnd = int(config["partition_id"]), int(config["server_round"])
+        pid, rnd, seed = int(config["partition_id"]), int(config["server_round"]), int(config["seed"])
+        rate = float(self.spec.cfg.get("faults", {}).get("client_failure_rate", 0.0))
+        if fit_fails(seed, rnd, pid, rate):
+            raise InjectedClientFailure(f"client {pid} failed on purpose in round {rnd} "
+                                        f"(faults.client_failure_rate={rate})")
         set_weights(self.model, parameters)
         metrics = {"partition_id": pid}
         if config.get("report_loss_before_fit"):
@@ -77,15 +86,21 @@ class FedexpClient(NumPyClient):
             before = evaluate(self.model, self.data["x"], self.data["y"], self.data["train"][pid],
                               batch_size=int(self.spec.cfg["eval_batch_size"]), normalize=self.normalize)
             metrics["loss_before_fit"] = before["loss"] if before["examples"] else 0.0
-        torch.manual_seed(seed_for(int(config["seed"]), rnd, pid, 1))
+        torch.manual_seed(seed_for(seed, rnd, pid, 1))
         optimizer = instantiate(self.spec.cfg["optimizer"], lr=float(config["lr"]))(self.model.parameters())
-        stats = train(
-            self.model, self.data["x"], self.data["y"], self.data["train"][pid],
-            epochs=int(config["local_epochs"]), batch_size=int(config["batch_size"]),
-            optimizer=optimizer, normalize=self.normalize,
-            generator=torch.Generator().manual_seed(seed_for(int(config["seed"]), rnd, pid)),
-            proximal_mu=float(config.get("proximal_mu", 0.0)),
-        )
+        try:
+            stats = train(
+                self.model, self.data["x"], self.data["y"], self.data["train"][pid],
+                epochs=int(config["local_epochs"]), batch_size=int(config["batch_size"]),
+                optimizer=optimizer, normalize=self.normalize,
+                generator=torch.Generator().manual_seed(seed_for(seed, rnd, pid)),
+                proximal_mu=float(config.get("proximal_mu", 0.0)),
+            )
+            if not all(torch.isfinite(v).all() for v in self.model.state_dict().values()
+                       if v.is_floating_point()):
+                raise DivergedError("weights became NaN or infinite")
+        except DivergedError as e:
+            return [], 0, {"diverged": f"client {pid}, round {rnd}: {e}", "partition_id": pid}
         metrics.update(train_loss=stats["loss"], train_accuracy=stats["accuracy"])
         return get_weights(self.model), stats["examples"], metrics
 

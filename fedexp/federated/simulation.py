@@ -10,14 +10,24 @@ releases that ship it.
 
 Ray is started here (not inside Flower) so that the training data can be put into Ray's
 object store before the clients exist, and so that `simulation.ray_address` can join an
-existing cluster.
+existing cluster. `ray.init` installs its own SIGTERM handler (`sys.exit`); fedexp puts
+back the one it had, so SIGTERM stops a run the way Ctrl-C does (see interrupts.py).
+
+On Ctrl-C or SIGTERM during the engine (see interrupts.py), `run_engine` asks the
+ServerApp to stop (`stop`): no new client work starts, and Flower's worker threads end
+when the clients' current work does. Work still running after `KILL_AFTER` seconds is
+ended by killing this run's client actors (local Ray only; Ray then prints one line per
+killed worker), so that their `ray.get` fails at once. Only when those threads have
+ended does Flower shut Ray down; then the signal is raised as `Interrupted`.
 """
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import uuid
+import threading
 from contextlib import contextmanager
 
 
@@ -25,6 +35,14 @@ class _DropRunSimulationDeprecation(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return not (str(record.msg).startswith("DEPRECATED FEATURE")
                     and "run_simulation" in str(record.args))
+
+
+class _DropClientTracebacks(logging.Filter):
+    """Flower's per-message error logs from its simulation workers and Ray backend."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR
+                    and record.module in ("vce_api", "raybackend", "ray_actor"))
 
 
 @contextmanager
@@ -51,8 +69,12 @@ def ray_session(address: str | None, num_cpus: int | None, num_gpus: float | Non
     # shutdown: they are not this process's children (Ray re-parents them).
     tag = f"{os.getpid()}-{uuid.uuid4().hex}"
     os.environ[_TAG] = tag
-    ray.init(**args)
+    in_main = threading.current_thread() is threading.main_thread()
+    sigterm = signal.getsignal(signal.SIGTERM) if in_main else None
     try:
+        ray.init(**args)
+        if in_main and sigterm is not None:
+            signal.signal(signal.SIGTERM, sigterm)
         yield ray
     finally:
         ray.shutdown()
@@ -96,25 +118,69 @@ def _stop_leftovers(tag: str, grace: float = 1.0) -> None:
         pass
 
 
-def run_engine(server_app, client_app, num_clients: int, client_resources: dict, verbose: bool) -> None:
-    """Run the ServerApp against `num_clients` virtual ClientApps until it returns."""
+KILL_AFTER = 5.0  # seconds the clients' current work may take after Ctrl-C
+
+
+def _kill_client_actors() -> None:
+    """SIGKILL this job's live actors (local Ray only): pending `ray.get`s fail at once."""
+    try:
+        import ray
+        from ray._private import state
+
+        if not ray.is_initialized():
+            return
+        job = ray.get_runtime_context().get_job_id()
+        pids = [int(info["Pid"]) for info in state.actors().values()
+                if info.get("JobID") == job and info.get("State") == "ALIVE" and info.get("Pid")]
+        if pids:
+            print(f"fedexp: clients still busy {KILL_AFTER:.0f} s after the signal: stopping "
+                  f"their {len(pids)} Ray worker(s)", file=sys.stderr, flush=True)
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    except Exception:  # best effort: Flower then waits for the running tasks instead
+        pass
+
+
+def run_engine(server_app, client_app, num_clients: int, client_resources: dict, verbose: bool,
+               stop, local_ray: bool = True) -> None:
+    """Run the ServerApp against `num_clients` virtual ClientApps until it returns.
+
+    `stop()` must make the ServerApp end soon; it is called on SIGINT/SIGTERM, after
+    which this raises `Interrupted` once the engine has wound down."""
+    from ..interrupts import deferred_interrupts
     from flwr.simulation import run_simulation
 
     flwr_logger = logging.getLogger("flwr")
-    drop = _DropRunSimulationDeprecation()
-    flwr_logger.addFilter(drop)
+    drops = [_DropRunSimulationDeprecation()] + ([] if verbose else [_DropClientTracebacks()])
+    for drop in drops:
+        flwr_logger.addFilter(drop)
     level = flwr_logger.level
     if not verbose:
         flwr_logger.setLevel(logging.WARNING)
+
+    killer = threading.Timer(KILL_AFTER, _kill_client_actors)
+    killer.daemon = True
+
+    def on_signal(signum):
+        stop()
+        if local_ray:
+            killer.start()
+
     try:
-        run_simulation(
-            server_app=server_app,
-            client_app=client_app,
-            num_supernodes=num_clients,
-            backend_name="ray",
-            backend_config={"client_resources": client_resources},
-            verbose_logging=verbose,
-        )
+        with deferred_interrupts(on_signal):
+            run_simulation(
+                server_app=server_app,
+                client_app=client_app,
+                num_supernodes=num_clients,
+                backend_name="ray",
+                backend_config={"client_resources": client_resources},
+                verbose_logging=verbose,
+            )
     finally:
-        flwr_logger.removeFilter(drop)
+        killer.cancel()
+        for drop in drops:
+            flwr_logger.removeFilter(drop)
         flwr_logger.setLevel(level)

@@ -1,0 +1,271 @@
+"""Every bad setting: exit status 2, one line that names it, no traceback, nothing started.
+
+The `fedexp` command runs in-process (`fedexp.main.main` with a patched argv), so the
+whole table takes seconds. `ray.init` is replaced by a function that fails the test, so a
+case that reached the simulation cannot exit with 2; for the cases that must be caught
+from the config alone, loading the data also fails the test.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import urllib.error
+import urllib.request
+
+import pytest
+import torch
+
+import fedexp.workload
+from fedexp import checks
+from fedexp.main import main
+from fedexp.models import MLP
+
+DIRICHLET = ["partitioning.partitioner._target_=flwr_datasets.partitioner.DirichletPartitioner",
+             "+partitioning.partitioner.partition_by=label"]
+PATHOLOGICAL = ["partitioning.partitioner._target_=flwr_datasets.partitioner.PathologicalPartitioner",
+                "+partitioning.partitioner.partition_by=label"]
+SHARD = ["partitioning.partitioner._target_=flwr_datasets.partitioner.ShardPartitioner",
+         "+partitioning.partitioner.partition_by=label"]
+EXPONENTIAL = ["partitioning.partitioner._target_=flwr_datasets.partitioner.ExponentialPartitioner"]
+
+# (id, overrides, the line's expected content, stage): "config" = refused before any data
+# is loaded, "data" = refused after loading/partitioning the data, still before Ray.
+CASES = [
+    ("fraction_fit 0", ["strategy.fraction_fit=0"],
+     "strategy.fraction_fit=0 is not allowed: a fraction in (0, 1]", "config"),
+    ("fraction_fit above 1", ["strategy.fraction_fit=1.5"],
+     "strategy.fraction_fit=1.5 is not allowed: a fraction in (0, 1]", "config"),
+    ("fraction_evaluate negative", ["strategy.fraction_evaluate=-0.1"],
+     "strategy.fraction_evaluate=-0.1 is not allowed: a fraction in [0, 1]", "config"),
+    ("fraction_fit samples nobody", ["strategy.fraction_fit=0.05", "strategy.min_fit_clients=0"],
+     "strategy.fraction_fit=0.05 is not allowed: large enough that int(num_clients * fraction_fit) >= 1",
+     "config"),
+    ("min_fit negative", ["strategy.min_fit_clients=-1"],
+     "strategy.min_fit_clients=-1 is not allowed: an integer from 0 to num_clients=10", "config"),
+    ("min_fit above clients", ["strategy.min_fit_clients=11"],
+     "strategy.min_fit_clients=11 is not allowed: an integer from 0 to num_clients=10", "config"),
+    ("min_evaluate above clients", ["strategy.min_evaluate_clients=11"],
+     "strategy.min_evaluate_clients=11 is not allowed", "config"),
+    ("min_available above clients", ["num_clients=4", "strategy.min_available_clients=5"],
+     "strategy.min_available_clients=5 is not allowed: an integer from 0 to num_clients=4 "
+     "(more would make Flower wait forever)", "config"),
+    ("num_clients 0", ["num_clients=0"], "num_clients=0 is not allowed: an integer >= 1", "config"),
+    ("num_clients not a number", ["num_clients=ten"], "num_clients=ten is not allowed", "config"),
+    ("num_rounds 0", ["num_rounds=0"], "num_rounds=0 is not allowed: an integer >= 1", "config"),
+    ("local_epochs 0", ["local_epochs=0"], "local_epochs=0 is not allowed: an integer >= 1", "config"),
+    ("centralized epochs 0", ["mode=centralized", "centralized.epochs=0"],
+     "centralized.epochs=0 is not allowed: an integer >= 1", "config"),
+    ("val_fraction 1", ["partitioning.val_fraction=1"],
+     "partitioning.val_fraction=1 is not allowed: a number in [0, 1)", "config"),
+    ("val_fraction negative", ["partitioning.val_fraction=-0.1"],
+     "partitioning.val_fraction=-0.1 is not allowed: a number in [0, 1)", "config"),
+    ("val_fraction 0 but clients evaluate", ["partitioning.val_fraction=0"],
+     "partitioning.val_fraction=0 is not allowed while clients evaluate (strategy.fraction_evaluate=0.5): "
+     "they would have nothing to evaluate on", "config"),
+    ("batch_size 0", ["batch_size=0"], "batch_size=0 is not allowed: an integer >= 1", "config"),
+    ("failure rate above 1", ["faults.client_failure_rate=1.5"],
+     "faults.client_failure_rate=1.5 is not allowed: a fraction in [0, 1]", "config"),
+    ("straggler rate negative", ["faults.straggler_rate=-0.5"],
+     "faults.straggler_rate=-0.5 is not allowed: a fraction in [0, 1]", "config"),
+    ("dirichlet alpha 0", DIRICHLET + ["+partitioning.partitioner.alpha=0"],
+     "partitioning.partitioner.alpha=0 is not allowed: a number > 0", "config"),
+    ("dirichlet alpha negative", DIRICHLET + ["+partitioning.partitioner.alpha=-1"],
+     "partitioning.partitioner.alpha=-1 is not allowed: a number > 0", "config"),
+    ("classes per partition above classes", PATHOLOGICAL + ["+partitioning.partitioner.num_classes_per_partition=11"],
+     "partitioning.partitioner.num_classes_per_partition=11 is not allowed: an integer from 1 to the "
+     "10 classes of dataset=digits", "config"),
+    ("class assignment mode", PATHOLOGICAL + ["+partitioning.partitioner.num_classes_per_partition=2",
+                                              "+partitioning.partitioner.class_assignment_mode=nope"],
+     "partitioning.partitioner.class_assignment_mode=nope is not allowed: random, deterministic, "
+     "first-deterministic", "config"),
+    ("shard size 0", SHARD + ["+partitioning.partitioner.shard_size=0"],
+     "partitioning.partitioner.shard_size=0 is not allowed: null or an integer >= 1", "config"),
+    ("num_partitions not num_clients", ["partitioning.partitioner.num_partitions=5"],
+     "partitioning.partitioner.num_partitions=5 is not allowed: equal to num_clients=10", "config"),
+    ("model too big for the images", ["dataset.image_size=8"],
+     "model (fedexp.models.CNN) cannot be built for dataset=digits: model=cnn needs image_size >= 14", "config"),
+    ("client cpus above machine", ["device.client_cpus=4096"],
+     "device.client_cpus=4096 is not allowed: at most the", "config"),
+    ("image_folder without path", ["dataset=image_folder"],
+     "dataset.path is not set: dataset=image_folder needs dataset.path=DIR", "config"),
+    ("image_folder missing path", ["dataset=image_folder", "dataset.path=/no/such/dir"],
+     "dataset.path=/no/such/dir does not exist or is not a folder", "config"),
+    ("init_checkpoint missing", ["init_checkpoint=/no/such/model.pt"],
+     "init_checkpoint=/no/such/model.pt is not allowed: a model.pt written by an earlier fedexp run "
+     "(file not found)", "config"),
+    ("unknown group option", ["dataset=cifar100"],
+     "dataset=cifar100 is not allowed: the dataset options are cifar10, digits, fashion_mnist, "
+     "image_folder, mnist", "config"),
+    ("unknown strategy", ["strategy=nope"],
+     "strategy=nope is not allowed: the strategy options are fedavg", "config"),
+    ("unknown option in a sweep", ["-m", "model=cnn,nope"],
+     "model=nope is not allowed: the model options are cnn, mlp", "config"),
+    ("bad value in a sweep (checked by the job)", ["-m", "strategy.fraction_fit=1.5,0.5"],
+     "strategy.fraction_fit=1.5 is not allowed: a fraction in (0, 1]", "config"),
+    ("strategy rejects a setting", ["+strategy.no_such_option=1"],
+     "strategy (flwr.server.strategy.FedAvg) cannot be built from its settings:", "config"),
+    ("unknown setting", ["num_client=3"],
+     "num_client is not a fedexp setting (a typo? `fedexp --cfg job` lists every setting", "config"),
+    ("num_clients above examples", ["num_clients=2000"],
+     "num_clients=2000 is not allowed: at most the 1437 training examples of dataset=digits", "data"),
+    ("dirichlet min size above examples", DIRICHLET + ["+partitioning.partitioner.alpha=0.5",
+                                                       "+partitioning.partitioner.min_partition_size=200"],
+     "partitioning.partitioner.min_partition_size=200 is not allowed: at most 143", "data"),
+    ("dirichlet min size never met", DIRICHLET + ["+partitioning.partitioner.alpha=0.1",
+                                                  "+partitioning.partitioner.min_partition_size=100"],
+     "partitioning.partitioner.min_partition_size=100 is not allowed with alpha=0.1: "
+     "DirichletPartitioner could not give each of num_clients=10 clients 100 examples in 10 samplings",
+     "data"),
+    ("shards above examples", SHARD + ["+partitioning.partitioner.num_shards_per_partition=2",
+                                       "+partitioning.partitioner.shard_size=100"],
+     "partitioning.partitioner.shard_size=100 is not allowed: small enough that num_clients=10 clients "
+     "x 2 shard(s) x 100 examples fit in the 1437 training examples", "data"),
+    ("partitioner gives empty clients", EXPONENTIAL,
+     "partitioning.partitioner (ExponentialPartitioner) cannot split the 1437 training examples of "
+     "dataset=digits among num_clients=10 with these settings", "data"),
+    ("clients without validation data", ["num_clients=200"],
+     "partitioning.val_fraction=0.1 leaves 200 of 200 clients without validation examples", "data"),
+    ("torchvision files missing offline", ["dataset=mnist", "dataset.root=ROOT", "dataset.download=false"],
+     "MNIST is not under dataset.root=ROOT and dataset.download=false: put train-images-idx3-ubyte, "
+     "train-labels-idx1-ubyte, t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte (or the same with .gz) "
+     "in ROOT/MNIST/raw/", "data"),
+    ("download fails offline", ["dataset=cifar10", "dataset.root=ROOT"],
+     "CIFAR10 is not under dataset.root=ROOT and downloading it failed (<urlopen error no network "
+     "in this test>): put cifar-10-python.tar.gz, or its extracted cifar-10-batches-py/ folder, in "
+     "ROOT, copied from a machine with network access (dataset=digits works offline)", "data"),
+]
+
+
+@pytest.fixture
+def fedexp_cli(monkeypatch, capsys, tmp_path):
+    """Run `fedexp ARGS` in-process; Ray must not start; return (status, stderr, run_dir)."""
+    import ray
+
+    def no_ray(*a, **k):
+        raise AssertionError("Ray was started")
+
+    def no_network(*a, **k):
+        raise urllib.error.URLError("no network in this test")
+
+    monkeypatch.setattr(ray, "init", no_ray)
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+
+    def run(*args: str, data_allowed: bool = True):
+        if not data_allowed:
+            def no_data(cfg):
+                raise AssertionError("data was loaded")
+            monkeypatch.setattr(fedexp.workload.Workload, "build", classmethod(lambda cls, cfg: no_data(cfg)))
+        run_dir = tmp_path / "run"
+        multirun = "-m" in args
+        where = f"hydra.sweep.dir={tmp_path / 'sweep'}" if multirun else f"hydra.run.dir={run_dir}"
+        monkeypatch.setattr(sys, "argv", ["fedexp", *args, where])
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+        out, err = capsys.readouterr()
+        return exit_info.value.code, out, err, run_dir
+
+    return run
+
+
+@pytest.mark.parametrize("overrides,message,stage", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_setting_is_one_clear_line(fedexp_cli, tmp_path, overrides, message, stage):
+    root = str(tmp_path / "empty")
+    overrides = [o.replace("ROOT", root) for o in overrides]
+    status, out, err, run_dir = fedexp_cli(*overrides, data_allowed=stage == "data")
+    assert status == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fedexp: error: "), err
+    assert message.replace("ROOT", root) in lines[-1], lines[-1]
+    assert "Traceback" not in out + err
+    if stage == "config":  # refused before Hydra created the run directory
+        assert not run_dir.exists()
+    else:  # the run directory records why the run did not happen
+        res = json.loads((run_dir / "results.json").read_text())
+        assert res["status"] == "failed" and message.replace("ROOT", root)[:40] in res["error"]
+
+
+def test_device_cuda_without_cuda(fedexp_cli):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    status, _, err, _ = fedexp_cli("device=cuda", data_allowed=False)
+    assert status == 2
+    assert "fedexp: error: device=cuda is not allowed: CUDA is not available on this machine " \
+           "(use device=cpu or device=auto)" in err
+
+
+@pytest.mark.parametrize("layout", ["empty", "no test"])
+def test_image_folder_without_class_folders(fedexp_cli, tmp_path, layout):
+    root = tmp_path / "imgs"
+    (root / "train" / "cat").mkdir(parents=True)
+    if layout == "empty":
+        (root / "train" / "cat").rmdir()
+    status, _, err, _ = fedexp_cli("dataset=image_folder", f"dataset.path={root}", data_allowed=False)
+    split = "train" if layout == "empty" else "test"
+    assert status == 2
+    assert f"dataset.path={root} has no {split}/<class>/ folders" in err
+
+
+def test_init_checkpoint_of_another_model(fedexp_cli, tmp_path):
+    ckpt = tmp_path / "model.pt"
+    torch.save(MLP(1, 32, 10).state_dict(), ckpt)
+    status, _, err, _ = fedexp_cli(f"init_checkpoint={ckpt}", data_allowed=False)
+    assert status == 2
+    assert (f"init_checkpoint={ckpt} is not allowed: it holds another model than the configured one "
+            f"(fedexp.models.CNN on dataset=digits)") in err
+    # same model, other dataset shape: named by the first differing entry
+    status, _, err, _ = fedexp_cli(f"init_checkpoint={ckpt}", "model=mlp", "dataset.image_size=16",
+                                   data_allowed=False)
+    assert status == 2 and "net.1.weight has shape (200, 1024), the model needs (200, 256)" in err
+
+
+def test_init_checkpoint_that_is_not_a_model(fedexp_cli, tmp_path):
+    ckpt = tmp_path / "notes.pt"
+    ckpt.write_text("not a checkpoint")
+    status, _, err, _ = fedexp_cli(f"init_checkpoint={ckpt}", data_allowed=False)
+    assert status == 2
+    assert f"init_checkpoint={ckpt} is not allowed: torch.load(weights_only=True) cannot read it as a state_dict" in err
+
+
+def test_verbose_shows_the_traceback(fedexp_cli):
+    status, _, err, _ = fedexp_cli("num_clients=0", "verbose=true", data_allowed=False)
+    assert status == 1  # Hydra's own report of an exception
+    assert "fedexp: error: num_clients=0 is not allowed" in err
+    assert "Traceback" in err and "fedexp.checks.ConfigError: num_clients=0 is not allowed" in err
+
+
+def test_a_finished_run_directory_is_refused_before_hydra_writes(fedexp_cli, tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / "results.json").write_text('{"status": "completed"}')
+    (run_dir / ".hydra" / "config.yaml").write_text("the earlier run's config\n")
+    status, _, err, _ = fedexp_cli("num_rounds=3", data_allowed=False)
+    assert status == 2
+    assert f"hydra.run.dir={run_dir} already holds results.json from another run; refusing to overwrite it" in err
+    assert (run_dir / "results.json").read_text() == '{"status": "completed"}'
+    assert (run_dir / ".hydra" / "config.yaml").read_text() == "the earlier run's config\n"
+    assert not (run_dir / "main.log").exists()
+
+
+def test_a_finished_sweep_directory_is_refused(fedexp_cli, tmp_path):
+    (tmp_path / "sweep" / "0").mkdir(parents=True)
+    (tmp_path / "sweep" / "0" / "results.json").write_text("{}")
+    status, _, err, _ = fedexp_cli("-m", "seed=1,2", data_allowed=False)
+    assert status == 2 and "already holds another sweep's results" in err
+
+
+def test_warnings_for_settings_that_do_nothing(make_cfg, caplog):
+    with caplog.at_level(logging.WARNING, logger="fedexp"):
+        checks.check(make_cfg("strategy.fraction_fit=0.3", "strategy.min_fit_clients=5"))
+        checks.check(make_cfg("strategy.fraction_evaluate=0", "strategy.min_evaluate_clients=2"))
+        checks.check(make_cfg("strategy.fraction_evaluate=0.2", "strategy.min_evaluate_clients=4"))
+        checks.check(make_cfg("faults.straggler_rate=1"))
+    text = caplog.text
+    assert "strategy.min_fit_clients=5 raises the 3 clients that fraction_fit=0.3 asks for: 5 clients train" in text
+    assert "strategy.min_evaluate_clients=2 does nothing: fraction_evaluate=0 turns client-side evaluation off" in text
+    assert "strategy.min_evaluate_clients=4 raises the 2 clients that fraction_evaluate=0.2 asks for: 4 clients evaluate" in text
+    assert "faults.straggler_rate=1 drops all 10 sampled clients every round" in text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fedexp"):
+        checks.check(make_cfg())  # the defaults are quiet
+    assert caplog.text == ""

@@ -1,0 +1,95 @@
+"""Ctrl-C / SIGTERM keep the results so far; a diverging run keeps its last good model."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from conftest import REPO, read_results, run_cli
+from fedexp.models import CNN
+
+
+def start(args, run_dir: Path) -> subprocess.Popen:
+    """`python -m fedexp ARGS` in its own session, as a shell starts a foreground job."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.Popen([sys.executable, "-m", "fedexp", *args, f"hydra.run.dir={run_dir}"],
+                            cwd=run_dir.parent, env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_steps(run_dir: Path, key: str, proc: subprocess.Popen, timeout=240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if json.loads((run_dir / "results.json").read_text())[key]:
+                return
+        except (OSError, ValueError, KeyError):
+            pass
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    raise AssertionError(f"no {key} after {timeout} s")
+
+
+def session_processes(sid: int) -> list[str]:
+    """Live processes of session `sid` (zombies awaiting their reaper do not count)."""
+    out = subprocess.run(["ps", "-o", "stat=,args=", "-s", str(sid)], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if line.strip() and not line.lstrip().startswith("Z")]
+
+
+def test_ctrl_c_keeps_the_rounds_so_far_and_leaves_no_process(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = start(["num_clients=3", "num_rounds=50"], run_dir)
+    wait_for_steps(run_dir, "rounds", proc)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole job gets it
+    t0 = time.monotonic()
+    out, err = proc.communicate(timeout=120)
+    stopped_after = time.monotonic() - t0
+    assert proc.returncode == 130, err[-3000:]
+    assert stopped_after < 60
+    assert f"fedexp: interrupted by SIGINT: the results so far are in {run_dir} (status: interrupted)" in err
+    assert "Traceback" not in out + err
+    res = read_results(run_dir)
+    assert res["status"] == "interrupted" and res["error"] == "interrupted by SIGINT"
+    assert res["rounds"][0]["round"] == 1 and len(res["rounds"]) < 50
+    assert res["final"]["test_accuracy"] == res["rounds"][-1]["test_accuracy"]
+    assert (run_dir / "model.pt").is_file() and (run_dir / "metrics.csv").is_file()
+    deadline = time.monotonic() + 20  # Ray's workers exit once their raylet is gone
+    while session_processes(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert session_processes(proc.pid) == []
+
+
+def test_sigterm_stops_a_centralized_run_with_143(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = start(["mode=centralized", "centralized.epochs=500"], run_dir)
+    wait_for_steps(run_dir, "epochs", proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-3000:]
+    assert "fedexp: interrupted by SIGTERM" in err and "Traceback" not in out + err
+    res = read_results(run_dir)
+    assert res["status"] == "interrupted" and 1 <= len(res["epochs"]) < 500
+    state = torch.load(run_dir / "model.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state.values())
+
+
+def test_a_diverging_run_ends_as_diverged_and_keeps_the_last_good_model(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_cli("mode=centralized", "optimizer=sgd", "optimizer.lr=1e6", f"hydra.run.dir={run_dir}",
+                   cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "fedexp: run diverged: epoch 1: training loss became nan; model.pt holds the initial model" in proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    res = read_results(run_dir)
+    assert res["status"] == "diverged" and res["epochs"] == []
+    state = torch.load(run_dir / "model.pt", weights_only=True)
+    torch.manual_seed(0)
+    initial = CNN(1, 32, 10).state_dict()
+    assert all(torch.equal(state[k], initial[k]) for k in initial)
+    assert res["final"]["test_accuracy"] is not None and 0 <= res["final"]["test_accuracy"] <= 1

@@ -1,0 +1,52 @@
+"""No run writes into another run's directory, including two runs started in one second."""
+from __future__ import annotations
+
+import datetime as real_datetime
+import json
+import sys
+
+import hydra.core.utils
+import pytest
+
+from fedexp import command_line
+from fedexp.command_line import fresh_dir
+from fedexp.main import main
+
+
+def test_fresh_dir_claims_a_new_directory(tmp_path, monkeypatch):
+    monkeypatch.setattr(command_line, "_CLAIMED", {})
+    base = str(tmp_path / "outputs" / "12-00-00")
+    assert fresh_dir(base) == base and (tmp_path / "outputs" / "12-00-00").is_dir()
+    assert fresh_dir(base) == base  # Hydra resolves the name several times per run
+    monkeypatch.setattr(command_line, "_CLAIMED", {})  # another process, same second
+    assert fresh_dir(base) == base + "-2"
+    monkeypatch.setattr(command_line, "_CLAIMED", {})
+    assert fresh_dir(base) == base + "-3"
+
+
+class FrozenDatetime(real_datetime.datetime):
+    @classmethod
+    def now(cls, tz=None):
+        return cls(2026, 11, 25, 12, 0, 0)
+
+
+@pytest.mark.parametrize("multirun", [False, True], ids=["run", "multirun"])
+def test_two_runs_in_the_same_second_get_their_own_directories(tmp_path, monkeypatch, capsys, multirun):
+    """Hydra names the directory after the second the run started; both runs keep theirs."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(hydra.core.utils, "datetime", FrozenDatetime)
+    dirs = []
+    for seed in (1, 2):
+        monkeypatch.setattr(command_line, "_CLAIMED", {})  # each run is its own process
+        args = ["-m"] if multirun else []
+        monkeypatch.setattr(sys, "argv", ["fedexp", *args, "mode=centralized", "centralized.epochs=1",
+                                          f"seed={seed}"])
+        main()
+        capsys.readouterr()
+    base = tmp_path / "outputs" / ("multirun" if multirun else "") / "2026-11-25"
+    dirs = sorted(p for p in base.iterdir())
+    assert [p.name for p in dirs] == ["12-00-00", "12-00-00-2"]
+    for seed, d in zip((1, 2), dirs):
+        job = d / "0" if multirun else d
+        assert json.loads((job / "results.json").read_text())["seed"] == seed
+        assert f"seed={seed}" in (job / ".hydra" / "overrides.yaml").read_text()
