@@ -66,9 +66,14 @@ def _worker_state(spec: ClientSpec) -> dict:
 class FedexpClient(NumPyClient):
     """Train/evaluate the global model on one partition, with settings sent by the server."""
 
-    def __init__(self, spec: ClientSpec, state: dict):
-        self.spec, self.data = spec, state["data"]
-        self.model, self.normalize = state["model"], state["normalize"]
+    def __init__(self, spec: ClientSpec, data: dict, model: torch.nn.Module | None = None,
+                 normalize: Normalizer | None = None):
+        """`data` holds x, y and every partition's train/val indices; a worker passes its
+        cached `model` and `normalize`, which are otherwise built from the config."""
+        self.spec, self.data = spec, data
+        device = torch.device(spec.device)
+        self.model = model if model is not None else instantiate(spec.cfg["model"]).to(device)
+        self.normalize = normalize or Normalizer(spec.cfg["dataset"]["mean"], spec.cfg["dataset"]["std"], device)
 
     def get_parameters(self, config):
         return get_weights(self.model)
@@ -118,6 +123,7 @@ class FedexpClient(NumPyClient):
 
 def make_client_app(spec: ClientSpec) -> ClientApp:
     def client_fn(context: Context):
-        return FedexpClient(spec, _worker_state(spec)).to_client()
+        state = _worker_state(spec)
+        return FedexpClient(spec, state["data"], state["model"], state["normalize"]).to_client()
 
     return ClientApp(client_fn=client_fn)
