@@ -9,10 +9,13 @@ is run too. Commands are interleaved (A B C A B C ...) so that drift on a shared
 all of them alike; the figures to quote are the medians and the ratios.
 
 Per run it records the wall time of the whole process, the peak memory of the whole process
-tree (Ray starts several processes) as the sum of RSS and as the sum of PSS (shared pages
-counted once), and what the run reports: for fedexp, the sum of its rounds' seconds and its
-final test accuracy from results.json; for the scripts, their `RESULT {json}` line.
-Only the standard library is used (memory is sampled from /proc, so Linux only).
+tree (Ray starts several processes) as the sum of RSS, and what the run reports: for fedexp,
+the sum of its rounds' seconds and its final test accuracy from results.json; for the
+scripts, their `RESULT {json}` line. RSS is read from /proc/<pid>/statm, about 4 ms per
+sample of fedexp's tree. With --pss the sum of PSS (shared pages counted once) is sampled
+too, from /proc/<pid>/smaps_rollup: the kernel walks every page table for it, about 0.1 s of
+CPU per sample, which slows the measured runs on a small machine, so timings taken with
+--pss are not the ones to quote. Only the standard library is used (Linux only).
 """
 from __future__ import annotations
 
@@ -37,8 +40,7 @@ def _children(pid: int, table: dict[int, list[int]]) -> list[int]:
     return out
 
 
-def _tree_memory(root: int) -> tuple[int, int]:
-    """(sum of RSS, sum of PSS) in bytes over `root` and all its descendants."""
+def _tree(root: int) -> list[int]:
     table: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -49,31 +51,51 @@ def _tree_memory(root: int) -> tuple[int, int]:
         except (OSError, IndexError, ValueError):
             continue
         table.setdefault(ppid, []).append(int(entry))
-    rss = pss = 0
-    for pid in _children(root, table):
+    return _children(root, table)
+
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _tree_rss(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/statm") as f:
+                total += int(f.read().split()[1]) * PAGE
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+def _tree_pss(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
         try:
             with open(f"/proc/{pid}/smaps_rollup") as f:
                 for line in f:
-                    if line.startswith("Rss:"):
-                        rss += int(line.split()[1]) * 1024
-                    elif line.startswith("Pss:"):
-                        pss += int(line.split()[1]) * 1024
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1]) * 1024
         except OSError:
             continue
-    return rss, pss
+    return total
 
 
-def measure(cmd: list[str], cwd: Path) -> dict:
-    """Run `cmd`, sampling the process tree's memory every 0.2 s."""
+def measure(cmd: list[str], cwd: Path, pss: bool = False) -> dict:
+    """Run `cmd`, sampling the process tree's RSS every 0.25 s (and PSS every 1 s with `pss`)."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak = [0, 0]
+    peak = {"rss": 0, "pss": 0}
 
     def sample():
+        n = 0
         while proc.poll() is None:
-            rss, pss = _tree_memory(proc.pid)
-            peak[0], peak[1] = max(peak[0], rss), max(peak[1], pss)
-            time.sleep(0.2)
+            pids = _tree(proc.pid)
+            peak["rss"] = max(peak["rss"], _tree_rss(pids))
+            if pss and n % 4 == 0:
+                peak["pss"] = max(peak["pss"], _tree_pss(pids))
+            n += 1
+            time.sleep(0.25)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -86,14 +108,17 @@ def measure(cmd: list[str], cwd: Path) -> dict:
     for line in output.splitlines():
         if line.startswith("RESULT "):
             result = json.loads(line[len("RESULT "):])
-    return {"wall": wall, "rss_mb": peak[0] / 2**20, "pss_mb": peak[1] / 2**20, **result}
+    memory = {"rss_mb": peak["rss"] / 2**20}
+    if pss:
+        memory["pss_mb"] = peak["pss"] / 2**20
+    return {"wall": wall, **memory, **result}
 
 
-def fedexp_run(data: str, workdir: Path, i: int, extra: list[str]) -> dict:
+def fedexp_run(data: str, workdir: Path, i: int, extra: list[str], pss: bool) -> dict:
     run_dir = workdir / f"fedexp-{i}"
     cmd = [sys.executable, "-m", "fedexp", "experiment=tutorial", "dataset=image_folder",
            f"dataset.path={data}", f"hydra.run.dir={run_dir}", *extra]
-    m = measure(cmd, workdir)
+    m = measure(cmd, workdir, pss)
     res = json.loads((run_dir / "results.json").read_text())
     m["train_seconds"] = sum(r["seconds"] for r in res["rounds"])
     m["accuracy"] = res["final"]["test_accuracy"]
@@ -116,6 +141,7 @@ def main() -> None:
     ap.add_argument("--data", required=True, help="CIFAR-10 ImageFolder tree (train/, test/)")
     ap.add_argument("--reference-dir", type=Path, help="folder with tutorial_flower.py and torch_limit.py")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--pss", action="store_true", help="also sample PSS (slows the runs measured)")
     ap.add_argument("fedexp_overrides", nargs="*", help="extra fedexp overrides")
     a = ap.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="fedexp-bench-"))
@@ -124,13 +150,13 @@ def main() -> None:
                     " load_image_folder(sys.argv[1])", a.data], check=True)
     runs: dict[str, list[dict]] = {"fedexp": [], "tutorial": [], "floor": []}
     for i in range(a.repeat):
-        runs["fedexp"].append(fedexp_run(a.data, workdir, i, a.fedexp_overrides))
+        runs["fedexp"].append(fedexp_run(a.data, workdir, i, a.fedexp_overrides, a.pss))
         print("fedexp  ", json.dumps(runs["fedexp"][-1]), flush=True)
         if a.reference_dir:
             ref = a.reference_dir.resolve()
-            runs["tutorial"].append(measure([sys.executable, str(ref / "tutorial_flower.py"), "--mode", "fed"], workdir))
+            runs["tutorial"].append(measure([sys.executable, str(ref / "tutorial_flower.py"), "--mode", "fed"], workdir, a.pss))
             print("tutorial", json.dumps(runs["tutorial"][-1]), flush=True)
-            runs["floor"].append(measure([sys.executable, str(ref / "torch_limit.py")], workdir))
+            runs["floor"].append(measure([sys.executable, str(ref / "torch_limit.py")], workdir, a.pss))
             print("floor   ", json.dumps(runs["floor"][-1]), flush=True)
     print(f"\nmedian [min-max] over {a.repeat} runs; seconds, MB")
     fx = summary("fedexp", runs["fedexp"], ["wall", "train_seconds", "rss_mb", "pss_mb", "accuracy"])
@@ -143,8 +169,8 @@ def main() -> None:
               f"[{min(ratio):.2f}-{max(ratio):.2f}]  (target <= 0.6)")
         print(f"fedexp training / floor fed_seconds: median {statistics.median(train):.2f} "
               f"[{min(train):.2f}-{max(train):.2f}]  (target <= 1.25)")
-        print(f"peak memory fedexp / tutorial: RSS {fx['rss_mb'] / tu['rss_mb']:.2f}, "
-              f"PSS {fx['pss_mb'] / tu['pss_mb']:.2f}")
+        pss = f", PSS {fx['pss_mb'] / tu['pss_mb']:.2f}" if a.pss else ""
+        print(f"peak memory fedexp / tutorial: RSS {fx['rss_mb'] / tu['rss_mb']:.2f}{pss}")
         print(f"accuracy: fedexp {fx['accuracy']:.4f}, tutorial {tu['fed_test_accuracy']:.4f}, "
               f"floor {fl['fed_test_accuracy']:.4f}")
 

@@ -29,7 +29,8 @@ def eta(done: list[dict], total: int) -> str:
     """' | ETA 1m20s' for the steps still to run, or '' after the last one.
 
     Estimated from the mean time of the steps done, leaving out the first once later ones
-    exist: the first federated round also pays for starting Ray's worker processes.
+    exist: the first step runs cold (first-call set-up in torch, a joined Ray cluster's
+    workers still starting).
     """
     left = total - len(done)
     if left <= 0 or not done:

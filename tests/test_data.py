@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import pickle
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -99,6 +101,13 @@ def test_image_folder_decodes_resizes_and_caches(tmp_path):
     assert len(list(cache.glob("*.npz"))) == 1
     again = load_image_folder(str(root), image_size=16, channels=3, cache_dir=str(cache))
     np.testing.assert_array_equal(again.x_train, d.x_train)
+    assert again.classes == ["cat", "dog"]
+    # A cache hit reads only the .npz: importing torchvision would cost 1-2 s per run.
+    probe = ("import sys; from fedexp.data.datasets import load_image_folder as f; "
+             f"d = f({str(root)!r}, image_size=16, channels=3, cache_dir={str(cache)!r}); "
+             "print(d.classes, 'torchvision' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["['cat',", "'dog']", "False"]
     # A changed image invalidates the cache.
     Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(root / "train" / "cat" / "0.png")
     changed = load_image_folder(str(root), image_size=16, channels=3, cache_dir=str(cache))

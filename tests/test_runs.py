@@ -47,6 +47,8 @@ def test_federated_run_follows_the_results_contract(fed_run):
         assert r["evaluate_clients"] == 1
     assert res["final"]["test_accuracy"] == res["rounds"][-1]["test_accuracy"]
     assert res["data"]["clients"] == 3
+    # Round 1 waited for the clients' worker processes; that wait is not in its seconds.
+    assert 0 <= res["client_start_seconds"] < res["wall_seconds"]
 
 
 def test_federated_run_writes_every_artifact(fed_run):

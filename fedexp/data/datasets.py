@@ -175,17 +175,22 @@ def load_image_folder(path: str | None = None, image_size: int = 32, channels: i
     decoded arrays are cached as .npz under `cache_dir`, keyed by the files' paths, sizes
     and modification times.
     """
-    from torchvision.datasets import ImageFolder
-
     root = check_image_folder(path)
     cache_root = Path(cache_dir or Path.home() / ".cache" / "fedexp").expanduser()
     key = _folder_signature(root, image_size, channels)
     cache = cache_root / f"image_folder-{key}.npz"
+    if cache.exists():  # no torchvision import (1-2 s) when nothing needs decoding
+        with np.load(cache) as d:
+            if "classes" in d.files:
+                return ImageData(d["x_train"], d["y_train"], d["x_test"], d["y_test"],
+                                 [str(c) for c in d["classes"]])
+    from torchvision.datasets import ImageFolder
+
     train = ImageFolder(str(root / "train"))
     test = ImageFolder(str(root / "test"))
     if train.classes != test.classes:
         raise DatasetError(f"dataset.path={path}: train/ and test/ have different class folders")
-    if cache.exists():
+    if cache.exists():  # written before the cache held the class names
         with np.load(cache) as d:
             return ImageData(d["x_train"], d["y_train"], d["x_test"], d["y_test"], list(train.classes))
     log.info("decoding %s once (cached in %s)", root, cache)
@@ -207,6 +212,7 @@ def load_image_folder(path: str | None = None, image_size: int = 32, channels: i
     x_te, y_te = decode(test)
     cache_root.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")
-    np.savez(tmp, x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te)
+    np.savez(tmp, x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te,
+             classes=np.asarray(train.classes, dtype=str))
     os.replace(tmp, cache)
     return ImageData(x_tr, y_tr, x_te, y_te, list(train.classes))

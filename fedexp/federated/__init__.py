@@ -86,13 +86,15 @@ def run(work: Workload, results: RunResults) -> torch.nn.Module:
     status, error, interrupt = "completed", None, None
     try:
         with ray_session(cfg.simulation.ray_address, cfg.simulation.num_cpus, cfg.simulation.num_gpus,
-                         cfg.verbose) as ray:
-            data_ref = ray.put({"x": work.data.x_train, "y": work.data.y_train,
-                                "train": work.parts.train, "val": work.parts.val})
+                         cfg.verbose) as session:
+            data_ref = session.ray.put({"x": work.data.x_train, "y": work.data.y_train,
+                                        "train": work.parts.train, "val": work.parts.val})
             spec = ClientSpec(cfg=OmegaConf.to_container(cfg, resolve=True), data_ref=data_ref,
                               device=str(work.device), threads=max(1, int(client_cpus)))
-            run_engine(server_app, make_client_app(spec), cfg.num_clients,
-                       {"num_cpus": client_cpus, "num_gpus": client_gpus}, cfg.verbose,
+            resources = {"num_cpus": client_cpus, "num_gpus": client_gpus}
+            slots = min(session.client_slots(resources), cfg.num_clients)
+            strategy.wait_for_clients = lambda: session.wait_for_workers(slots, strategy.stop)
+            run_engine(server_app, make_client_app(spec), cfg.num_clients, resources, cfg.verbose,
                        stop=strategy.stop.set, local_ray=not cfg.simulation.ray_address)
     except RunEnded as e:
         status, error = e.status, str(e)
@@ -100,6 +102,8 @@ def run(work: Workload, results: RunResults) -> torch.nn.Module:
         status, error, interrupt = "interrupted", str(e) or "interrupted", e
     finally:
         results.data["initial"] = strategy.initial
+        if strategy.client_start_seconds is not None:
+            results.data["client_start_seconds"] = round(strategy.client_start_seconds, 3)
         weights = strategy.final_weights()
         if weights is not None:
             set_weights(model, weights)

@@ -199,6 +199,10 @@ class RecordingStrategy(Strategy):
         self._dropped: set[int] = set()
         self._reasons_seen: set[str] = set()
         self._t0 = 0.0
+        # Set by the engine: blocks until the clients' worker processes are up, returns
+        # the seconds that took (recorded as client_start_seconds, outside every round).
+        self.wait_for_clients: Callable[[], float] | None = None
+        self.client_start_seconds: float | None = None
 
     def __repr__(self) -> str:
         return f"RecordingStrategy({self.inner!r})"
@@ -258,6 +262,11 @@ class RecordingStrategy(Strategy):
 
     @_hook
     def configure_fit(self, server_round, parameters, client_manager):
+        if self.client_start_seconds is None and self.wait_for_clients is not None:
+            # A real federation's server waits for its clients to connect before round 1.
+            # Simulated clients are registered at once while their worker processes are
+            # still importing torch: that wait is start-up, so round 1's clock starts after it.
+            self.client_start_seconds = self.wait_for_clients()
         self._t0 = time.perf_counter()
         self._round = {"round": server_round, "fit_clients": 0, "fit_failures": 0,
                        "evaluate_clients": 0, "evaluate_failures": 0, "train_loss": None,

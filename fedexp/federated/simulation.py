@@ -24,11 +24,16 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import sys
-import uuid
+import tempfile
 import threading
+import time
+import uuid
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
 
 
 class _DropRunSimulationDeprecation(logging.Filter):
@@ -45,9 +50,37 @@ class _DropClientTracebacks(logging.Filter):
                     and record.module in ("vce_api", "raybackend", "ray_actor"))
 
 
+@dataclass
+class RaySession:
+    """A started (or joined) Ray, and where a local Ray's workers report that they are ready."""
+
+    ray: Any
+    ready_dir: str | None  # see worker.py; None for a joined cluster
+
+    def client_slots(self, client_resources: dict) -> int:
+        """How many client actors Flower's pool will hold: as many as the resources fit."""
+        total = self.ray.cluster_resources()
+        slots = int(total.get("CPU", 0) // client_resources["num_cpus"])
+        if client_resources.get("num_gpus"):
+            slots = min(slots, int(total.get("GPU", 0) // client_resources["num_gpus"]))
+        return max(slots, 1)
+
+    def wait_for_workers(self, count: int, stop: threading.Event, timeout: float = 60.0) -> float:
+        """Wait until `count` worker processes have finished starting (imports and torch's
+        lazy set-up, see worker.py), `stop` is set, or `timeout` s have passed; return the
+        seconds waited. A joined cluster's workers cannot report here: no wait."""
+        start = time.perf_counter()
+        if self.ready_dir is None:
+            return 0.0
+        while (len(os.listdir(self.ready_dir)) < count and not stop.is_set()
+               and time.perf_counter() - start < timeout):
+            stop.wait(0.05)
+        return time.perf_counter() - start
+
+
 @contextmanager
 def ray_session(address: str | None, num_cpus: int | None, num_gpus: float | None, verbose: bool):
-    """Start (or join, with `address`) Ray for one run; always shut it down."""
+    """Start (or join, with `address`) Ray for one run, yield a RaySession; always shut it down."""
     # Ray >= 2.5x warns on every start that it will stop overriding CUDA_VISIBLE_DEVICES
     # for num_gpus=0; opting in to that future behaviour silences it.
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
@@ -55,35 +88,60 @@ def ray_session(address: str | None, num_cpus: int | None, num_gpus: float | Non
 
     pythonpath = os.pathsep.join(p for p in sys.path if p)
     args = dict(include_dashboard=False, log_to_driver=verbose,
-                logging_level=logging.INFO if verbose else logging.ERROR,
-                runtime_env={"env_vars": {"PYTHONPATH": pythonpath},
-                             "worker_process_setup_hook": "fedexp.federated.worker.warm_up"})
+                logging_level=logging.INFO if verbose else logging.ERROR)
+    ready_dir = None
     if address:
-        args["address"] = address
+        # A joined cluster's workers are started by its own raylets: they get this driver's
+        # import path, and the warm-up imports, through a runtime_env.
+        args.update(address=address, runtime_env={
+            "env_vars": {"PYTHONPATH": pythonpath},
+            "worker_process_setup_hook": "fedexp.federated.worker.warm_up"})
     else:
         # "local": a new Ray for this run only. With no address, ray.init would join the
         # cluster of the last `ray start` on this machine (or $RAY_ADDRESS), so jobs of a
-        # sweep could land on someone else's cluster.
-        args.update(address="local", num_cpus=num_cpus, num_gpus=num_gpus)
+        # sweep could land on someone else's cluster. Its processes inherit this process's
+        # environment (PYTHONPATH and READY_DIR below), and the workers it prestarts import
+        # torch, Flower and the client at once (see worker.py); without a runtime_env,
+        # Flower's actors are those prestarted workers, not processes started in round 1.
+        args.update(address="local", num_cpus=num_cpus, num_gpus=num_gpus,
+                    _system_config={"preload_python_modules": ["fedexp.federated.worker"]})
+        ready_dir = tempfile.mkdtemp(prefix="fedexp-ready-")
     # Every process the local Ray starts inherits this tag, which finds them after
     # shutdown: they are not this process's children (Ray re-parents them).
     tag = f"{os.getpid()}-{uuid.uuid4().hex}"
     os.environ[_TAG] = tag
     in_main = threading.current_thread() is threading.main_thread()
     sigterm = signal.getsignal(signal.SIGTERM) if in_main else None
+    inherited = {"PYTHONPATH": pythonpath, READY_DIR: ready_dir} if ready_dir else {}
+    saved = {name: os.environ.get(name) for name in inherited}
     try:
-        ray.init(**args)
+        os.environ.update(inherited)
+        try:
+            ray.init(**args)
+        finally:
+            for name, value in saved.items():
+                _restore_env(name, value)
         if in_main and sigterm is not None:
             signal.signal(signal.SIGTERM, sigterm)
-        yield ray
+        yield RaySession(ray, ready_dir)
     finally:
         ray.shutdown()
         if not address:
             _stop_leftovers(tag)
         os.environ.pop(_TAG, None)
+        if ready_dir:
+            shutil.rmtree(ready_dir, ignore_errors=True)
 
 
+READY_DIR = "FEDEXP_READY_DIR"  # worker.py marks each started worker process here
 _TAG = "FEDEXP_RAY_SESSION"
+
+
+def _restore_env(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
 
 
 def _tagged(tag: str) -> list:
@@ -99,23 +157,36 @@ def _tagged(tag: str) -> list:
     return found
 
 
-def _stop_leftovers(tag: str, grace: float = 1.0) -> None:
+def _stop_leftovers(tag: str) -> None:
     """ray.shutdown() returns before the client actors have exited, and orphaned actors
-    linger for seconds; give them a moment, then kill them, so that neither this process's
-    exit nor the next job of a sweep waits on (or shares the CPU with) this run's Ray."""
+    linger for seconds. Their run is over and they hold nothing to save, so they are
+    killed at once: neither this process's exit nor the next job of a sweep waits on (or
+    shares the CPU with) this run's Ray."""
     try:
         import psutil
 
         procs = _tagged(tag)
-        _, alive = psutil.wait_procs(procs, timeout=grace)
-        for proc in alive:
+        for proc in procs:
             try:
                 proc.kill()
             except psutil.NoSuchProcess:
                 pass
-        psutil.wait_procs(alive, timeout=5)
+        # A killed worker is a zombie until the process it was re-parented to reaps it
+        # (on some machines only every few seconds); a zombie holds no CPU or memory.
+        deadline = time.monotonic() + 5
+        while not all(_ended(proc) for proc in procs) and time.monotonic() < deadline:
+            time.sleep(0.02)
     except ImportError:  # no psutil: the processes still end by themselves, later
         pass
+
+
+def _ended(proc) -> bool:
+    import psutil
+
+    try:
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 KILL_AFTER = 5.0  # seconds the clients' current work may take after Ctrl-C

@@ -1,13 +1,52 @@
-"""Runs in every Ray worker process as it starts (Ray's `worker_process_setup_hook`).
+"""Imported by every Ray worker process as it starts, before it takes any work.
 
-Ray starts its worker processes while the driver is still setting up, and Flower turns them
-into client actors later. Importing torch, Flower and fedexp's client here, at process
-start, takes those seconds off the first round instead of adding them to it.
+A local Ray prestarts one worker per CPU as `ray.init` returns and loads this module into
+each (Ray's `preload_python_modules`), while the driver puts the data into the object
+store, builds Flower's engine and evaluates the initial model. Flower then turns those same
+processes into its client actors, so the first instruction finds torch, Flower and
+fedexp's client imported and torch's lazy set-up done. (A `runtime_env`, even one holding
+only a setup hook, would stop Ray from handing prestarted workers to actors; it is used
+only to join a cluster.)
+
+When done, a worker of a local Ray marks itself ready in the run's READY_DIR: round 1 waits
+for every client slot's worker, so that worker start-up, a fixed cost, is not counted as
+training time (see simulation.RaySession.wait_for_workers).
 """
+import os
+from pathlib import Path
+
+
+def _first_steps() -> None:
+    """A torch optimizer's first `step` imports torch._dynamo (~1.5 s here) and wraps
+    itself; a training step on a tiny model does that now rather than in round 1."""
+    import torch
+
+    model = torch.nn.Linear(4, 2)
+    for make in (torch.optim.Adam, torch.optim.SGD):
+        optimizer = make(model.parameters(), lr=0.1)
+        torch.nn.functional.cross_entropy(model(torch.zeros(3, 4)), torch.zeros(3, dtype=torch.long)).backward()
+        optimizer.step()
+
+
+def _mark_ready() -> None:
+    ready_dir = os.environ.get("FEDEXP_READY_DIR")  # simulation.READY_DIR
+    if ready_dir:
+        try:
+            Path(ready_dir, str(os.getpid())).touch()
+        except OSError:  # the run is over and its directory gone
+            pass
+
+
+try:
+    import flwr.simulation.ray_transport.ray_actor  # noqa: F401  (the actor class Flower uses)
+
+    from . import client  # noqa: F401
+
+    _first_steps()
+finally:  # even a failed import: the driver must not wait for this worker
+    _mark_ready()
 
 
 def warm_up() -> None:
-    import flwr.simulation.ray_transport.ray_actor  # noqa: F401  (the actor class Flower uses)
-    import torch  # noqa: F401
-
-    from . import client  # noqa: F401
+    """`worker_process_setup_hook` for workers of a joined cluster: importing this module
+    did the work."""
