@@ -65,6 +65,39 @@ def test_ctrl_c_keeps_the_rounds_so_far_and_leaves_no_process(tmp_path):
     assert session_processes(proc.pid) == []
 
 
+def test_sigterm_during_long_client_work_stops_the_client_workers(tmp_path):
+    """`kill PID` reaches only the driver: the clients' fit (minutes of local epochs) is
+    cut short by stopping their Ray workers KILL_AFTER seconds later, not waited for."""
+    run_dir = tmp_path / "run"
+    proc = start(["num_clients=2", "num_rounds=2", "local_epochs=400"], run_dir)
+    deadline = time.monotonic() + 120
+    while "starting Ray" not in _text(run_dir / "main.log") and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    time.sleep(20)  # Ray and the client workers start; round 1's fit is under way
+    assert proc.poll() is None and not read_results(run_dir)["rounds"]
+    proc.send_signal(signal.SIGTERM)
+    t0 = time.monotonic()
+    out, err = proc.communicate(timeout=120)
+    stopped_after = time.monotonic() - t0
+    assert proc.returncode == 143, err[-3000:]
+    assert "stopping their 2 Ray worker(s)" in err, err[-3000:]
+    assert stopped_after < 30, stopped_after
+    res = read_results(run_dir)
+    assert res["status"] == "interrupted" and res["rounds"] == []
+    deadline = time.monotonic() + 20
+    while session_processes(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert session_processes(proc.pid) == []
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
 def test_sigterm_stops_a_centralized_run_with_143(tmp_path):
     run_dir = tmp_path / "run"
     proc = start(["mode=centralized", "centralized.epochs=500"], run_dir)

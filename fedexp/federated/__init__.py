@@ -95,7 +95,7 @@ def run(work: Workload, results: RunResults) -> torch.nn.Module:
             slots = min(session.client_slots(resources), cfg.num_clients)
             strategy.wait_for_clients = lambda: session.wait_for_workers(slots, strategy.stop)
             run_engine(server_app, make_client_app(spec), cfg.num_clients, resources, cfg.verbose,
-                       stop=strategy.stop.set, local_ray=not cfg.simulation.ray_address)
+                       stop=strategy.stop.set, session=session)
     except RunEnded as e:
         status, error = e.status, str(e)
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (see fedexp/interrupts.py)

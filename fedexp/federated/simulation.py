@@ -16,8 +16,8 @@ back the one it had, so SIGTERM stops a run the way Ctrl-C does (see interrupts.
 On Ctrl-C or SIGTERM during the engine (see interrupts.py), `run_engine` asks the
 ServerApp to stop (`stop`): no new client work starts, and Flower's worker threads end
 when the clients' current work does. Work still running after `KILL_AFTER` seconds is
-ended by killing this run's client actors (local Ray only; Ray then prints one line per
-killed worker), so that their `ray.get` fails at once. Only when those threads have
+ended by killing this run's client workers (local Ray only, found by the ready marks of
+worker.py; Ray then prints one line per killed worker), so that their `ray.get` fails at once. Only when those threads have
 ended does Flower shut Ray down; then the signal is raised as `Interrupted`.
 """
 from __future__ import annotations
@@ -76,6 +76,17 @@ class RaySession:
                and time.perf_counter() - start < timeout):
             stop.wait(0.05)
         return time.perf_counter() - start
+
+    def worker_pids(self) -> list[int]:
+        """The local Ray's live worker processes that have started (Flower's client actors
+        among them); a pid counts only while its process still carries this run's tag."""
+        if not self.ready_dir:
+            return []
+        marked = {int(name) for name in os.listdir(self.ready_dir)}
+        try:
+            return sorted(proc.pid for proc in _tagged(os.environ.get(_TAG, "")) if proc.pid in marked)
+        except ImportError:  # no psutil (it ships with Ray): trust the marks
+            return sorted(marked)
 
 
 @contextmanager
@@ -192,31 +203,21 @@ def _ended(proc) -> bool:
 KILL_AFTER = 5.0  # seconds the clients' current work may take after Ctrl-C
 
 
-def _kill_client_actors() -> None:
-    """SIGKILL this job's live actors (local Ray only): pending `ray.get`s fail at once."""
-    try:
-        import ray
-        from ray._private import state
-
-        if not ray.is_initialized():
-            return
-        job = ray.get_runtime_context().get_job_id()
-        pids = [int(info["Pid"]) for info in state.actors().values()
-                if info.get("JobID") == job and info.get("State") == "ALIVE" and info.get("Pid")]
-        if pids:
-            print(f"fedexp: clients still busy {KILL_AFTER:.0f} s after the signal: stopping "
-                  f"their {len(pids)} Ray worker(s)", file=sys.stderr, flush=True)
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    except Exception:  # best effort: Flower then waits for the running tasks instead
-        pass
+def _kill_workers(pids: list[int]) -> None:
+    """SIGKILL the client workers still alive KILL_AFTER s after the signal: their pending
+    `ray.get`s in Flower's threads then fail at once."""
+    if pids:
+        print(f"fedexp: clients still busy {KILL_AFTER:.0f} s after the signal: stopping "
+              f"their {len(pids)} Ray worker(s)", file=sys.stderr, flush=True)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def run_engine(server_app, client_app, num_clients: int, client_resources: dict, verbose: bool,
-               stop, local_ray: bool = True) -> None:
+               stop, session: RaySession) -> None:
     """Run the ServerApp against `num_clients` virtual ClientApps until it returns.
 
     `stop()` must make the ServerApp end soon; it is called on SIGINT/SIGTERM, after
@@ -232,12 +233,12 @@ def run_engine(server_app, client_app, num_clients: int, client_resources: dict,
     if not verbose:
         flwr_logger.setLevel(logging.WARNING)
 
-    killer = threading.Timer(KILL_AFTER, _kill_client_actors)
+    killer = threading.Timer(KILL_AFTER, lambda: _kill_workers(session.worker_pids()))
     killer.daemon = True
 
     def on_signal(signum):
         stop()
-        if local_ray:
+        if session.ready_dir:  # a local Ray: its workers are known (a cluster's are not ours)
             killer.start()
 
     try:
