@@ -37,5 +37,5 @@ def test_waiting_for_workers_ends_on_stop():
     stop = threading.Event()
     stop.set()
     with tempfile.TemporaryDirectory() as empty:
-        assert RaySession(None, empty).wait_for_workers(3, stop, timeout=30) < 1
-    assert RaySession(None, None).wait_for_workers(3, threading.Event()) == 0.0
+        assert RaySession(None, empty, tag="").wait_for_workers(3, stop, timeout=30) < 1
+    assert RaySession(None, None, tag="").wait_for_workers(3, threading.Event()) == 0.0

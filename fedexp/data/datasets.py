@@ -179,20 +179,22 @@ def load_image_folder(path: str | None = None, image_size: int = 32, channels: i
     cache_root = Path(cache_dir or Path.home() / ".cache" / "fedexp").expanduser()
     key = _folder_signature(root, image_size, channels)
     cache = cache_root / f"image_folder-{key}.npz"
-    if cache.exists():  # no torchvision import (1-2 s) when nothing needs decoding
+    cached = None
+    if cache.exists():
         with np.load(cache) as d:
-            if "classes" in d.files:
-                return ImageData(d["x_train"], d["y_train"], d["x_test"], d["y_test"],
-                                 [str(c) for c in d["classes"]])
+            cached = {name: d[name] for name in d.files}
+        if "classes" in cached:  # no torchvision import (1-2 s) when nothing needs decoding
+            return ImageData(cached["x_train"], cached["y_train"], cached["x_test"],
+                             cached["y_test"], [str(c) for c in cached["classes"]])
     from torchvision.datasets import ImageFolder
 
     train = ImageFolder(str(root / "train"))
     test = ImageFolder(str(root / "test"))
     if train.classes != test.classes:
         raise DatasetError(f"dataset.path={path}: train/ and test/ have different class folders")
-    if cache.exists():  # written before the cache held the class names
-        with np.load(cache) as d:
-            return ImageData(d["x_train"], d["y_train"], d["x_test"], d["y_test"], list(train.classes))
+    if cached is not None:  # written before the cache held the class names
+        return ImageData(cached["x_train"], cached["y_train"], cached["x_test"],
+                         cached["y_test"], list(train.classes))
     log.info("decoding %s once (cached in %s)", root, cache)
     mode = {1: "L", 3: "RGB"}[channels]
 

@@ -17,8 +17,9 @@ On Ctrl-C or SIGTERM during the engine (see interrupts.py), `run_engine` asks th
 ServerApp to stop (`stop`): no new client work starts, and Flower's worker threads end
 when the clients' current work does. Work still running after `KILL_AFTER` seconds is
 ended by killing this run's client workers (local Ray only, found by the ready marks of
-worker.py; Ray then prints one line per killed worker), so that their `ray.get` fails at once. Only when those threads have
-ended does Flower shut Ray down; then the signal is raised as `Interrupted`.
+worker.py; Ray then prints one line per killed worker), so that their `ray.get` fails at
+once. Only when those threads have ended does Flower shut Ray down; then the signal is
+raised as `Interrupted`.
 """
 from __future__ import annotations
 
@@ -56,6 +57,7 @@ class RaySession:
 
     ray: Any
     ready_dir: str | None  # see worker.py; None for a joined cluster
+    tag: str               # the _TAG value every process of a local Ray inherits
 
     def client_slots(self, client_resources: dict) -> int:
         """How many client actors Flower's pool will hold: as many as the resources fit."""
@@ -84,7 +86,7 @@ class RaySession:
             return []
         marked = {int(name) for name in os.listdir(self.ready_dir)}
         try:
-            return sorted(proc.pid for proc in _tagged(os.environ.get(_TAG, "")) if proc.pid in marked)
+            return sorted(proc.pid for proc in _tagged(self.tag) if proc.pid in marked)
         except ImportError:  # no psutil (it ships with Ray): trust the marks
             return sorted(marked)
 
@@ -134,7 +136,7 @@ def ray_session(address: str | None, num_cpus: int | None, num_gpus: float | Non
                 _restore_env(name, value)
         if in_main and sigterm is not None:
             signal.signal(signal.SIGTERM, sigterm)
-        yield RaySession(ray, ready_dir)
+        yield RaySession(ray, ready_dir, tag)
     finally:
         ray.shutdown()
         if not address:

@@ -29,7 +29,9 @@ def _first_steps() -> None:
 
 
 def _mark_ready() -> None:
-    ready_dir = os.environ.get("FEDEXP_READY_DIR")  # simulation.READY_DIR
+    # simulation.READY_DIR, spelled out: importing fedexp.federated could itself be what
+    # failed, and this must run even then.
+    ready_dir = os.environ.get("FEDEXP_READY_DIR")
     if ready_dir:
         try:
             Path(ready_dir, str(os.getpid())).touch()
