@@ -31,7 +31,7 @@ def run(work: Workload, results: RunResults) -> torch.nn.Module:
     else:
         train_idx, val_idx = work.parts.train[pid], work.parts.val[pid]
     model = work.new_model()
-    normalize = work.normalizer()
+    normalize, criterion, augment = work.normalizer(), work.criterion(), work.augment()
     # One optimizer for the whole run. The tutorial built a new Adam in every call to
     # train(), resetting its moments each epoch; fedexp fixes that (see README).
     optimizer = instantiate(cfg.optimizer)(model.parameters())
@@ -46,12 +46,14 @@ def run(work: Workload, results: RunResults) -> torch.nn.Module:
             gen = torch.Generator().manual_seed(int(np.random.SeedSequence([cfg.seed, epoch]).generate_state(1)[0]))
             try:
                 tr = train(model, x, y, train_idx, epochs=1, batch_size=cfg.batch_size,
-                           optimizer=optimizer, normalize=normalize, generator=gen)
+                           optimizer=optimizer, normalize=normalize, generator=gen,
+                           criterion=criterion, augment=augment)
             except DivergedError as e:
                 kept = f"the model after epoch {epoch - 1}" if epoch > 1 else "the initial model"
                 status, error = "diverged", f"epoch {epoch}: {e}; model.pt holds {kept}"
                 break
-            va = evaluate(model, x, y, val_idx, batch_size=cfg.eval_batch_size, normalize=normalize)
+            va = evaluate(model, x, y, val_idx, batch_size=cfg.eval_batch_size, normalize=normalize,
+                          criterion=criterion)
             good = _snapshot(model)
             record = {"epoch": epoch, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"],
                       "val_loss": va["loss"], "val_accuracy": va["accuracy"],
@@ -62,7 +64,7 @@ def run(work: Workload, results: RunResults) -> torch.nn.Module:
         model.load_state_dict(good)
         results.save_model(model)
     te = evaluate(model, work.data.x_test, work.data.y_test, None,
-                  batch_size=cfg.eval_batch_size, normalize=normalize)
+                  batch_size=cfg.eval_batch_size, normalize=normalize, criterion=criterion)
     if results.steps:
         results.steps[-1].update(test_loss=te["loss"], test_accuracy=te["accuracy"])
     results.finish(status, error=error, final={"test_loss": te["loss"], "test_accuracy": te["accuracy"]})

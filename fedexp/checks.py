@@ -68,9 +68,10 @@ def check(cfg: DictConfig) -> None:
     _check_partitioner(cfg)
     if cfg.mode == "federated":
         _check_strategy(cfg)
-    _check_model(cfg)  # these two import torch and flwr: after the checks that need neither
+    model = _check_model(cfg)  # these import torch and flwr: after the checks that need neither
+    _check_loss(cfg)
     if cfg.mode == "federated":
-        _build_strategy(cfg)
+        _build_method(cfg, model)
 
 
 def _check_device(cfg: DictConfig) -> None:
@@ -113,7 +114,7 @@ def _check_model(cfg: DictConfig) -> None:
                           f"dataset={cfg.dataset.name}: {e.__cause__ or e}") from None
     ckpt = cfg.get("init_checkpoint")
     if not ckpt:
-        return
+        return model
     _need(Path(ckpt).is_file(), "init_checkpoint", ckpt,
           "a model.pt written by an earlier fedexp run (file not found)")
     try:
@@ -134,6 +135,20 @@ def _check_model(cfg: DictConfig) -> None:
         raise ConfigError(f"init_checkpoint={ckpt} is not allowed: it holds another model than "
                           f"the configured one ({cfg.model._target_} on dataset="
                           f"{cfg.dataset.name}): {detail}")
+    return model
+
+
+def _check_loss(cfg: DictConfig) -> None:
+    if not cfg.get("loss"):
+        return
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        loss = instantiate(cfg.loss)
+    except InstantiationException as e:
+        raise ConfigError(f"loss ({cfg.loss.get('_target_')}) cannot be built: {e.__cause__ or e}") from None
+    _need(callable(loss), "loss._target_", cfg.loss.get("_target_"), "a loss, e.g. torch.nn.CrossEntropyLoss")
 
 
 # flwr-datasets partitioners, by class name: checks of their own parameters.
@@ -218,8 +233,31 @@ def check_partitions(cfg: DictConfig, train: list, val: list) -> None:
             f"num_clients, or set strategy.fraction_evaluate=0 strategy.min_evaluate_clients=0")
 
 
+# Keys that strategies in conf/strategy/ share, by name: what each must be.
+_STRATEGY_KEYS = {
+    "proximal_mu": (lambda v: v >= 0, "a number >= 0 (0 trains as FedAvg)"),
+    "alpha": (lambda v: v > 0, "a number > 0 (FedDyn's regularisation strength)"),
+    "server_learning_rate": (lambda v: v > 0, "a number > 0"),
+    "server_momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "eta": (lambda v: v > 0, "a number > 0 (the server's learning rate)"),
+    "eta_l": (lambda v: v > 0, "a number > 0"),
+    "tau": (lambda v: v > 0, "a number > 0 (adaptivity)"),
+    "beta_1": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "beta_2": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "beta": (lambda v: 0 <= v < 0.5, "a fraction in [0, 0.5) trimmed from each end"),
+    "q_param": (lambda v: v >= 0, "a number >= 0 (0 = unweighted FedAvg)"),
+    "qffl_learning_rate": (lambda v: v > 0, "a number > 0"),
+    "num_malicious_clients": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "num_clients_to_keep": (lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0 = Krum)"),
+}
+
+
 def _check_strategy(cfg: DictConfig) -> None:
     s, n = cfg.strategy, cfg.num_clients
+    for key, (ok, allowed) in _STRATEGY_KEYS.items():
+        if key in s:
+            v = s[key]
+            _need(_is_number(v) and ok(v), f"strategy.{key}", v, allowed)
     for key in ("fraction_fit", "fraction_evaluate"):
         if key in s:
             v = s[key]
@@ -274,13 +312,13 @@ def _check_strategy(cfg: DictConfig) -> None:
                         "run will end as failed in round 1", fault_rate, sampled)
 
 
-def _build_strategy(cfg: DictConfig) -> None:
-    """Build the strategy once, so that a setting Flower's class rejects fails here."""
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
+def _build_method(cfg: DictConfig, model) -> None:
+    """Build both halves of the method once, the strategy with the same hooks the run gives
+    it (FedAdam needs the initial model), so that a setting they reject fails here."""
+    from .federated import strategies
 
-    try:
-        instantiate(cfg.strategy)
-    except InstantiationException as e:
-        raise ConfigError(f"strategy ({cfg.strategy._target_}) cannot be built from its "
-                          f"settings: {e.__cause__ or e}") from None
+    strategies.build(cfg, model, warn=False)
+    strategies.check_client_half(cfg)
+    note = strategies.local_solver_note(cfg)
+    if note:
+        log.warning(note)

@@ -24,6 +24,9 @@ from .sweep import in_multirun, record_failed_job
 
 log = logging.getLogger("fedexp")
 OmegaConf.register_new_resolver("fedexp.fresh_dir", fresh_dir, replace=True)
+# int(n * fraction): how many of n clients a fraction samples, as Flower counts them
+# (conf/experiment/tutorial.yaml: min_evaluate_clients is "half of the clients").
+OmegaConf.register_new_resolver("fedexp.share", lambda n, fraction: int(n * fraction), replace=True)
 
 USER_ERRORS = (ConfigError, DatasetError, ResultsExistError)
 
@@ -50,6 +53,8 @@ def run(cfg: DictConfig, run_dir: str) -> dict:
     from .workload import Workload
 
     check(cfg)
+    if cfg.get("dry_run"):
+        return dry_run(cfg, run_dir)
     results = RunResults(run_dir, cfg.mode, info={"seed": cfg.seed})
     try:
         work = Workload.build(cfg)
@@ -68,6 +73,30 @@ def run(cfg: DictConfig, run_dir: str) -> dict:
     finally:
         results.plot()
     return results.data
+
+
+def dry_run(cfg: DictConfig, run_dir: str) -> dict:
+    """Everything a run does before it trains, and nothing after: the settings, loading and
+    partitioning the data (partitions.json/png are written), the model and, federated, both
+    halves of the method as the server and a client worker would build them. It stops
+    where a federated run would start Ray; no results.json is written."""
+    from . import partition_report
+    from .workload import Workload
+
+    work = Workload.build(cfg)
+    partition_report.write(run_dir, work.data.y_train, work.parts, work.data.classes, cfg.partitioning)
+    model = work.new_model()
+    built = f"model {type(model).__name__}"
+    if cfg.mode == "federated":
+        from .federated import build_strategy
+        from .federated.client import ClientKit
+
+        strategy = build_strategy(work, model)
+        kit = ClientKit.build(OmegaConf.to_container(cfg, resolve=True), work.device)
+        built += f", strategy {type(strategy).__name__} with client {type(kit.new_method()).__name__}"
+    log.info("dry run: %d training examples in %d partitions, %s; stopped before training -> %s",
+             len(work.data.y_train), len(work.parts), built, run_dir)
+    return {"status": "dry_run"}
 
 
 def run_sweep_job(cfg: DictConfig, run_dir: str) -> dict | None:
@@ -107,7 +136,7 @@ def job(cfg: DictConfig) -> float | None:
         if status is None or (cfg.get("verbose") and not isinstance(e, KeyboardInterrupt)):
             raise
         sys.exit(status)
-    if data is None:
+    if data is None or data["status"] == "dry_run":
         return None
     final = data.get("final") or {}
     if data["status"] != "completed":

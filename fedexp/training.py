@@ -1,14 +1,18 @@
-"""Training and evaluation loops over in-memory uint8 arrays. Nothing here knows Flower.
+"""Training and evaluation loops over in-memory arrays. Nothing here knows Flower.
 
 Batches are gathered by indexing the decoded arrays and normalised on the fly: the same
 math as the tutorial's ToTensor + Normalize + DataLoader(shuffle=True), without per-sample
 Python work. One forward pass per step (the tutorial ran the net twice), losses averaged
 per example (the tutorial divided a sum of batch means by the number of examples).
+
+What a federated method changes in local training (an extra loss term, a gradient
+correction) comes in through `TrainingHooks`, so the loop itself stays the same for every
+method and for the centralized baseline.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
@@ -21,7 +25,10 @@ class DivergedError(RuntimeError):
 
 
 class Normalizer:
-    """(x / 255 - mean) / std per channel, applied to a uint8 batch."""
+    """(x / 255 - mean) / std per channel, applied to a uint8 image batch.
+
+    Inputs that are already real numbers (float features) pass through as float32: they
+    have no pixel scale to undo."""
 
     def __init__(self, mean: Iterable[float], std: Iterable[float], device: torch.device):
         self.mean = torch.tensor(list(mean), dtype=torch.float32, device=device).view(1, -1, 1, 1)
@@ -29,7 +36,61 @@ class Normalizer:
         self.device = device
 
     def __call__(self, xb: torch.Tensor) -> torch.Tensor:
-        return (xb.to(self.device, non_blocking=True).float().div_(255.0) - self.mean) / self.std
+        xb = xb.to(self.device, non_blocking=True)
+        if xb.dtype != torch.uint8:
+            return xb.float()
+        return (xb.float().div_(255.0) - self.mean) / self.std
+
+
+class BatchAugment:
+    """Random crops and horizontal flips of a whole normalised batch, as tensor operations.
+
+    The standard CIFAR-10 augmentation (reflect-pad by `crop_padding` pixels, crop the
+    original size at a random offset, flip half the images left to right) done on the batch
+    at once instead of per sample with PIL, so that it costs little beside the forward
+    pass. Offsets and flips are drawn from the training loop's generator, so they repeat
+    with the run's seed like every other random choice.
+    """
+
+    def __init__(self, crop_padding: int = 0, flip: bool = False):
+        self.pad, self.flip = int(crop_padding), bool(flip)
+
+    @classmethod
+    def from_config(cls, node) -> "BatchAugment | None":
+        """The augmentation a dataset's `augment` settings ask for, or None for none."""
+        if not node:
+            return None
+        augment = cls(node.get("crop_padding", 0) or 0, node.get("flip", False))
+        return augment if augment.pad or augment.flip else None
+
+    def __call__(self, xb: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        n, _, h, w = xb.shape
+        if self.pad:
+            padded = F.pad(xb, (self.pad,) * 4, mode="reflect")
+            top = torch.randint(0, 2 * self.pad + 1, (n,), generator=generator).to(xb.device)
+            left = torch.randint(0, 2 * self.pad + 1, (n,), generator=generator).to(xb.device)
+            rows = (top[:, None] + torch.arange(h, device=xb.device))[:, :, None]   # n x h x 1
+            cols = (left[:, None] + torch.arange(w, device=xb.device))[:, None, :]  # n x 1 x w
+            batch = torch.arange(n, device=xb.device)[:, None, None]
+            xb = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
+        if self.flip:
+            flipped = (torch.rand(n, generator=generator) < 0.5).to(xb.device)
+            xb = torch.where(flipped[:, None, None, None], xb.flip(3), xb)
+        return xb.contiguous()
+
+
+class TrainingHooks:
+    """What a method may change inside local training; the defaults change nothing."""
+
+    def loss_term(self, model: nn.Module) -> torch.Tensor | None:
+        """An extra term added to every step's loss (e.g. FedProx's proximal term)."""
+        return None
+
+    def after_backward(self, model: nn.Module) -> None:
+        """Called between `backward` and `optimizer.step` (e.g. SCAFFOLD's gradient correction)."""
+
+
+_NO_HOOKS = TrainingHooks()
 
 
 def _as_tensor(a) -> torch.Tensor:
@@ -44,51 +105,56 @@ def _as_tensor(a) -> torch.Tensor:
     return torch.from_numpy(a)
 
 
+def _is_classification(y: torch.Tensor) -> bool:
+    return not torch.is_floating_point(y)
+
+
 def train(model: nn.Module, x, y, indices: np.ndarray, *, epochs: int, batch_size: int,
           optimizer: torch.optim.Optimizer, normalize: Normalizer, generator: torch.Generator,
-          proximal_mu: float = 0.0) -> dict:
-    """Train in place for `epochs` passes over `indices`; return mean loss and accuracy.
-
-    With `proximal_mu > 0` the FedProx term (mu/2)*||w - w_start||^2 is added to every
-    step's loss, w_start being the weights the model had on entry (the global model).
-    """
+          criterion: Callable = F.cross_entropy, augment: BatchAugment | None = None,
+          hooks: TrainingHooks = _NO_HOOKS) -> dict:
+    """Train in place for `epochs` passes over `indices`; return the mean loss, accuracy
+    (classification only), examples and the number of optimizer steps taken."""
     x, y = _as_tensor(x), _as_tensor(y)
     idx = torch.as_tensor(indices, dtype=torch.long)
-    anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
+    classify = _is_classification(y)
     model.train()
-    total_loss, correct, seen = 0.0, 0, 0
+    total_loss, correct, seen, steps = 0.0, 0, 0, 0
     for _ in range(epochs):
         order = idx[torch.randperm(len(idx), generator=generator)]
         for start in range(0, len(order), batch_size):
             b = order[start:start + batch_size]
             xb, yb = normalize(x[b]), y[b].to(normalize.device)
+            if augment is not None:
+                xb = augment(xb, generator)
             optimizer.zero_grad(set_to_none=True)
             out = model(xb)
-            loss = F.cross_entropy(out, yb)
-            if anchor is not None:
-                prox = sum((p - a).pow(2).sum() for p, a in zip(model.parameters(), anchor))
-                (loss + 0.5 * proximal_mu * prox).backward()
-            else:
-                loss.backward()
+            loss = criterion(out, yb)
+            extra = hooks.loss_term(model)
+            (loss if extra is None else loss + extra).backward()
+            hooks.after_backward(model)
             optimizer.step()
+            steps += 1
             value = loss.item()
             if not math.isfinite(value):
                 raise DivergedError(f"training loss became {value}")
             total_loss += value * len(b)
-            correct += int((out.argmax(1) == yb).sum())
+            if classify:
+                correct += int((out.argmax(1) == yb).sum())
             seen += len(b)
-    return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1),
-            "examples": len(idx)}
+    return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1) if classify else None,
+            "examples": len(idx), "steps": steps}
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, x, y, indices: np.ndarray | None, *, batch_size: int,
-             normalize: Normalizer) -> dict:
-    """Mean cross-entropy per example and accuracy over `indices` (all when None)."""
+             normalize: Normalizer, criterion: Callable = F.cross_entropy) -> dict:
+    """Mean loss per example and accuracy (classification only) over `indices` (all when None)."""
     x, y = _as_tensor(x), _as_tensor(y)
     n = len(y) if indices is None else len(indices)
     if n == 0:
         return {"loss": float("nan"), "accuracy": float("nan"), "examples": 0}
+    classify = _is_classification(y)
     idx = None if indices is None else torch.as_tensor(indices, dtype=torch.long)
     model.eval()
     total_loss, correct = 0.0, 0
@@ -100,6 +166,7 @@ def evaluate(model: nn.Module, x, y, indices: np.ndarray | None, *, batch_size: 
             xb, yb = x[b], y[b]
         yb = yb.to(normalize.device)
         out = model(normalize(xb))
-        total_loss += float(F.cross_entropy(out, yb, reduction="sum"))
-        correct += int((out.argmax(1) == yb).sum())
-    return {"loss": total_loss / n, "accuracy": correct / n, "examples": n}
+        total_loss += float(criterion(out, yb)) * len(yb)  # the criterion's mean, back to a sum
+        if classify:
+            correct += int((out.argmax(1) == yb).sum())
+    return {"loss": total_loss / n, "accuracy": correct / n if classify else None, "examples": n}

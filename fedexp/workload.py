@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
@@ -13,7 +15,7 @@ from omegaconf import DictConfig
 from .checks import ConfigError, check_data, check_partitions, partitioner_name
 from .data import DatasetError, ImageData, Partitions, partition
 from .models import set_weights
-from .training import Normalizer
+from .training import BatchAugment, Normalizer
 
 
 def resolve_device(kind: str) -> torch.device:
@@ -54,6 +56,13 @@ class Workload:
 
     def normalizer(self) -> Normalizer:
         return Normalizer(self.cfg.dataset.mean, self.cfg.dataset.std, self.device)
+
+    def criterion(self) -> Callable:
+        """The training objective (`loss`), cross-entropy unless the config names another."""
+        return instantiate(self.cfg.loss) if self.cfg.get("loss") else F.cross_entropy
+
+    def augment(self) -> BatchAugment | None:
+        return BatchAugment.from_config(self.cfg.dataset.get("augment"))
 
 
 def _partition(cfg: DictConfig, data: ImageData) -> Partitions:

@@ -99,7 +99,7 @@ CASES = [
      "image_folder, mnist", "config"),
     ("unknown strategy", ["strategy=nope"],
      "strategy=nope is not allowed: the strategy options are fedadagrad, fedadam, fedavg, fedavgm, "
-     "fedmedian, fedprox, fedtrimmedavg, fedyogi, krum, qfedavg", "config"),
+     "feddyn, fedmedian, fednova, fedprox, fedtrimmedavg, fedyogi, krum, qfedavg, scaffold", "config"),
     ("unknown option in a sweep", ["-m", "model=cnn,nope"],
      "model=nope is not allowed: the model options are cnn, mlp", "config"),
     ("strategy rejects a setting", ["+strategy.no_such_option=1"],

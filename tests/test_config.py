@@ -9,6 +9,7 @@ import torch
 from flwr.server.strategy import Strategy
 from hydra.utils import instantiate
 
+from fedexp.federated.strategies import strategy_node
 from fedexp.main import config_dir
 
 CONF = Path(config_dir())
@@ -34,14 +35,11 @@ def test_models_build_for_every_dataset(make_cfg, name, dataset):
 
 @pytest.mark.parametrize("name", options("strategy"))
 def test_strategies_build(make_cfg, name):
-    from flwr.common import ndarrays_to_parameters
-
     from fedexp.federated.strategies import build
 
     cfg = make_cfg(f"strategy={name}")
     # FedAdam, FedYogi and FedAdagrad need the initial model, which fedexp always passes
-    initial = ndarrays_to_parameters([np.zeros(3, np.float32)])
-    assert isinstance(build(cfg.strategy, initial_parameters=initial), Strategy)
+    assert isinstance(build(cfg, instantiate(cfg.model)), Strategy)
 
 
 @pytest.mark.parametrize("name", options("optimizer"))
@@ -100,7 +98,7 @@ def test_command_line_wins_over_experiment(make_cfg):
 def test_fraction_fit_is_not_a_no_op_by_default(make_cfg):
     """Flower samples max(int(n * fraction_fit), min_fit_clients) clients."""
     cfg = make_cfg("strategy.fraction_fit=0.5")
-    strategy = instantiate(cfg.strategy)
+    strategy = instantiate(strategy_node(cfg.strategy))
     assert strategy.num_fit_clients(cfg.num_clients)[0] == 5
     assert strategy.num_evaluation_clients(cfg.num_clients)[0] == 5
-    assert instantiate(make_cfg().strategy).num_fit_clients(10)[0] == 10
+    assert instantiate(strategy_node(make_cfg().strategy)).num_fit_clients(10)[0] == 10

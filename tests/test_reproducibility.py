@@ -52,7 +52,7 @@ def test_the_same_config_repeats_bit_for_bit(runs):
 
 
 def test_another_seed_gives_other_numbers(make_cfg):
-    (sa, a), (sc, c) = (flower_inprocess.run(make_cfg(*CONFIG, f"seed={seed}")) for seed in (7, 8))
+    (sa, a, _), (sc, c, _) = (flower_inprocess.run(make_cfg(*CONFIG, f"seed={seed}")) for seed in (7, 8))
     assert sa.initial["test_loss"] != sc.initial["test_loss"]  # model initialisation
     for ra, rc in zip(a, c):
         assert ra["train_loss"] != rc["train_loss"] and ra["test_loss"] != rc["test_loss"]

@@ -1,6 +1,6 @@
 """Server-side initialisation, what the server sends clients each round and what they do
-with it (learning rate, epochs, batch size, FedProx's mu, q-FedAvg's loss), and the dtypes
-of the aggregated global model."""
+with it (learning rate, epochs, batch size, FedProx's mu, q-FedAvg's loss), what travels
+after the model's arrays, and the dtypes of the aggregated global model."""
 from __future__ import annotations
 
 import math
@@ -17,7 +17,9 @@ import flower_inprocess
 from fedexp.federated import build_strategy
 from fedexp.federated import client as client_module
 from fedexp.federated.client import ClientSpec, FedexpClient
-from fedexp.federated.server import PartitionClientManager, RecordingStrategy
+from fedexp.federated.payload import ModelLayout
+from fedexp.federated.strategies import strategy_node
+from fedexp.federated.server import PartitionClientManager, ServerStrategy
 from fedexp.models import CNN, get_weights
 from fedexp.training import Normalizer, evaluate
 from fedexp.workload import Workload
@@ -25,7 +27,7 @@ from fedexp.workload import Workload
 
 def round_zero_weights(cfg) -> list[np.ndarray]:
     work = Workload.build(cfg)
-    strategy = RecordingStrategy(build_strategy(work, work.new_model()), PartitionClientManager(0), print)
+    strategy = ServerStrategy(build_strategy(work, work.new_model()), PartitionClientManager(0), print)
     return parameters_to_ndarrays(strategy.initialize_parameters(client_manager=None))
 
 
@@ -78,14 +80,14 @@ def test_clients_train_with_what_the_server_sends(make_cfg, monkeypatch):
     def spy_train(model, x, y, indices, **kw):
         opt = kw["optimizer"]
         trained.append({"n": len(indices), "epochs": kw["epochs"], "batch_size": kw["batch_size"],
-                        "proximal_mu": kw["proximal_mu"], "optimizer": type(opt).__name__,
+                        "proximal_mu": kw["hooks"].mu, "optimizer": type(opt).__name__,
                         **{k: opt.param_groups[0][k] for k in ("lr", "momentum", "weight_decay")}})
         return real_train(model, x, y, indices, **kw)
 
     real_train = client_module.train
     monkeypatch.setattr(client_module, "train", spy_train)
     RecordingClient.received = []
-    strategy, rounds = flower_inprocess.run(cfg, client_cls=RecordingClient, client_cfg=stale)
+    strategy, rounds, _ = flower_inprocess.run(cfg, client_cls=RecordingClient, client_cfg=stale)
 
     fits = [c for kind, c in RecordingClient.received if kind == "fit"]
     evals = [c for kind, c in RecordingClient.received if kind == "evaluate"]
@@ -105,7 +107,7 @@ def test_clients_train_with_what_the_server_sends(make_cfg, monkeypatch):
 
 def test_round_zero_evaluation_is_the_seeded_model_on_the_test_set(make_cfg):
     cfg = make_cfg("num_clients=2", "num_rounds=1", "seed=2")
-    strategy, _ = flower_inprocess.run(cfg)
+    strategy, _, _ = flower_inprocess.run(cfg)
     work = Workload.build(cfg)
     s = evaluate(work.new_model(), work.data.x_test, work.data.y_test, None, batch_size=512,
                  normalize=Normalizer(cfg.dataset.mean, cfg.dataset.std, torch.device("cpu")))
@@ -115,16 +117,19 @@ def test_round_zero_evaluation_is_the_seeded_model_on_the_test_set(make_cfg):
 
 @pytest.fixture(scope="module")
 def one_client(tmp_path_factory):
-    from hydra import compose, initialize_config_dir
+    """A client's data and starting point; `spec_for(method)` gives the spec of a client
+    whose half of the method is `strategy=method`'s."""
+    from conftest import compose_cfg
 
-    from fedexp.main import config_dir
-
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["num_clients=4", "optimizer=sgd", "optimizer.lr=0.05"])
-    work = Workload.build(cfg)
-    spec = ClientSpec(OmegaConf.to_container(cfg, resolve=True), None, "cpu", 1)
+    base = ("num_clients=4", "optimizer=sgd", "optimizer.lr=0.05")
+    work = Workload.build(compose_cfg(*base))
     data = {"x": work.data.x_train, "y": work.data.y_train, "train": work.parts.train, "val": work.parts.val}
-    return work, spec, data, get_weights(work.new_model())
+
+    def spec_for(method: str = "fedavg") -> ClientSpec:
+        return ClientSpec(OmegaConf.to_container(compose_cfg(*base, f"strategy={method}"), resolve=True),
+                          None, "cpu", 1)
+
+    return work, spec_for, data, get_weights(work.new_model())
 
 
 def fit_config(**extra):
@@ -133,33 +138,33 @@ def fit_config(**extra):
 
 
 def test_fedprox_mu_changes_client_updates(one_client, make_cfg):
-    work, spec, data, global_w = one_client
+    work, spec_for, data, global_w = one_client
     # proximal_mu as Flower's FedProx strategy puts it into every fit instruction
-    sent = instantiate(make_cfg("strategy=fedprox", "strategy.proximal_mu=1.0", "num_clients=1").strategy,
+    sent = instantiate(strategy_node(make_cfg("strategy=fedprox", "strategy.proximal_mu=1.0", "num_clients=1").strategy),
                        on_fit_config_fn=lambda rnd: fit_config())
     manager = PartitionClientManager(0)
     manager.register(flower_inprocess.DirectProxy("1", None))
     ((_, ins),) = sent.configure_fit(1, ndarrays_to_parameters(global_w), manager)
     assert ins.config["proximal_mu"] == 1.0
 
-    def update(config):
-        w, n, metrics = FedexpClient(spec, data).fit(global_w, config)
+    def update(config, method="fedprox"):
+        w, n, metrics = FedexpClient(spec_for(method), data).fit(global_w, config)
         return np.concatenate([(a - g).ravel() for a, g in zip(w, global_w)])
 
-    plain, again, prox = update(fit_config()), update(fit_config(proximal_mu=0.0)), update(ins.config)
+    plain, again, prox = update(fit_config(), "fedavg"), update(fit_config(proximal_mu=0.0)), update(ins.config)
     np.testing.assert_array_equal(plain, again)  # mu = 0 is FedAvg's client, bit for bit
     assert not np.allclose(plain, prox)
     # the proximal term pulls the client towards the global model
     assert np.linalg.norm(prox) < 0.9 * np.linalg.norm(plain)
 
 
-def test_client_reports_its_loss_before_training_when_asked(one_client):
-    work, spec, data, global_w = one_client
-    _, _, plain = FedexpClient(spec, data).fit(global_w, fit_config())
+def test_qfedavgs_client_reports_its_loss_before_training(one_client):
+    work, spec_for, data, global_w = one_client
+    _, _, plain = FedexpClient(spec_for("fedavg"), data).fit(global_w, fit_config())
     assert "loss_before_fit" not in plain
-    _, _, asked = FedexpClient(spec, data).fit(global_w, fit_config(report_loss_before_fit=True))
+    _, _, asked = FedexpClient(spec_for("qfedavg"), data).fit(global_w, fit_config())
     s = evaluate(work.new_model(), data["x"], data["y"], data["train"][1], batch_size=512,
-                 normalize=Normalizer(spec.cfg["dataset"]["mean"], spec.cfg["dataset"]["std"], torch.device("cpu")))
+                 normalize=work.normalizer())
     assert asked["loss_before_fit"] == pytest.approx(s["loss"])
     assert asked["train_loss"] == plain["train_loss"]  # asking does not change the training
 
@@ -176,10 +181,10 @@ def test_aggregated_model_keeps_the_models_dtypes(inner):
     example-weighted mean, rounded."""
     init = [np.zeros(3, np.float32), np.array(0, np.int64)]
     cls = {"fedavg": FedAvg, "fedadam": FedAdam, "fedmedian": FedMedian}[inner]
-    strategy = RecordingStrategy(cls(initial_parameters=ndarrays_to_parameters(init)),
-                                 PartitionClientManager(0), print)
+    strategy = ServerStrategy(cls(initial_parameters=ndarrays_to_parameters(init)),
+                              PartitionClientManager(0), print)
     strategy.initialize_parameters(client_manager=None)
-    strategy._round = {}  # normally opened by configure_fit
+    strategy.recorder.open(1)  # normally opened by configure_fit
     results = [(flower_inprocess.DirectProxy(str(i), None),
                 _fit_res([np.full(3, 0.5 * (i + 1), np.float32), np.array(3 + 2 * i, np.int64)], n))
                for i, n in enumerate([10, 30])]
@@ -194,10 +199,10 @@ def test_aggregated_model_keeps_the_models_dtypes(inner):
 
 def test_a_float_only_model_passes_through_untouched():
     init = [np.zeros(3, np.float32)]
-    strategy = RecordingStrategy(FedAvg(initial_parameters=ndarrays_to_parameters(init)),
-                                 PartitionClientManager(0), print)
+    strategy = ServerStrategy(FedAvg(initial_parameters=ndarrays_to_parameters(init)),
+                              PartitionClientManager(0), print)
     strategy.initialize_parameters(client_manager=None)
-    strategy._round = {}
+    strategy.recorder.open(1)
     results = [(flower_inprocess.DirectProxy("0", None), _fit_res([np.ones(3, np.float32)]))]
     params, _ = strategy.aggregate_fit(1, results, [])
     assert params.tensors == results[0][1].parameters.tensors

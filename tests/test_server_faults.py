@@ -15,8 +15,7 @@ from omegaconf import OmegaConf
 
 from fedexp.federated.client import ClientSpec, FedexpClient
 from fedexp.federated.faults import InjectedClientFailure, StragglerTimeout, fit_fails, stragglers
-from fedexp.federated.server import (ClientLink, PartitionClientManager, RecordingStrategy, RunEnded,
-                                     RunStopped)
+from fedexp.federated.server import ClientLink, PartitionClientManager, RunEnded, RunStopped, ServerStrategy
 
 
 class Proxy(ClientProxy):
@@ -53,7 +52,7 @@ def setup(n_clients=2, straggler_rate=0.0, accept_failures=True):
     inner = FedAvg(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=1,
                    min_evaluate_clients=0, min_available_clients=n_clients,
                    initial_parameters=ndarrays_to_parameters(w0), accept_failures=accept_failures)
-    strategy = RecordingStrategy(inner, cm, rounds.append, seed=0, straggler_rate=straggler_rate)
+    strategy = ServerStrategy(inner, cm, rounds.append, seed=0, straggler_rate=straggler_rate)
     strategy.initialize_parameters(cm)
     return strategy, cm, rounds
 
@@ -87,7 +86,7 @@ def test_failures_are_counted_and_left_to_the_strategy():
 def test_without_accept_failures_fedavg_skips_the_round():
     strategy, cm, _ = setup(n_clients=2, accept_failures=False)
     params, _ = fit_round(strategy, cm, 1, {0: fit_res([np.ones(3, np.float32)]), 1: ValueError("x")})
-    assert params is None and strategy._round["aggregated"] is False
+    assert params is None and strategy.recorder.current["aggregated"] is False
     np.testing.assert_array_equal(strategy.final_weights()[0], 0.0)  # unchanged global model
 
 
@@ -116,7 +115,7 @@ def test_clients_reporting_divergence_are_failures_and_all_diverged_ends_the_run
     report = fit_res([], n=0, diverged="client 0, round 1: training loss became nan")
     params, _ = fit_round(strategy, cm, 1, {0: report, 1: fit_res([np.ones(3, np.float32)])})
     np.testing.assert_array_equal(parameters_to_ndarrays(params)[0], 1.0)  # only the finite client
-    assert strategy._round["fit_diverged"] == 1 and strategy._round["fit_failures"] == 1
+    assert strategy.recorder.current["fit_diverged"] == 1 and strategy.recorder.current["fit_failures"] == 1
     with pytest.raises(RunEnded) as ended:
         fit_round(strategy, cm, 2, {0: report, 1: report})
     assert ended.value.status == "diverged"

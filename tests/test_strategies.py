@@ -15,7 +15,9 @@ from hydra.utils import get_class, instantiate
 import flower_inprocess
 from fedexp.checks import ConfigError
 from fedexp.federated import strategies
+from fedexp.federated.methods.qfedavg import QFedAvg
 from fedexp.main import config_dir
+from fedexp.models import CNN
 
 STRATEGIES = sorted(p.stem for p in (Path(config_dir()) / "strategy").glob("*.yaml"))
 SAMPLING = {"fraction_fit": 1.0, "fraction_evaluate": 0.5, "min_fit_clients": 1,
@@ -46,10 +48,12 @@ def test_every_strategy_has_the_same_sampling_keys(make_cfg, name):
     ("strategy=krum strategy.num_clients_to_keep=2", "num_clients_to_keep", 2),
     ("strategy=qfedavg strategy.q_param=1.5", "q_param", 1.5),
     ("strategy=qfedavg strategy.qffl_learning_rate=0.05", "learning_rate", 0.05),
+    ("strategy=scaffold strategy.server_learning_rate=0.5", "server_learning_rate", 0.5),
+    ("strategy=feddyn strategy.alpha=0.1", "alpha", 0.1),
 ])
 def test_strategy_settings_reach_flower(make_cfg, override, attribute, value):
     cfg = make_cfg(*override.split())
-    strategy = strategies.build(cfg.strategy, initial_parameters=ndarrays_to_parameters([np.zeros(2)]))
+    strategy = strategies.build(cfg, CNN(1, 32, 10))
     assert getattr(strategy, attribute) == value
 
 
@@ -61,7 +65,7 @@ def test_adaptive_strategies_mirror_the_clients_learning_rate(make_cfg):
 @pytest.mark.parametrize("name", STRATEGIES)
 def test_every_strategy_runs_a_round_on_digits(make_cfg, name):
     cfg = make_cfg(f"strategy={name}", "num_clients=4", "num_rounds=1")
-    strategy, rounds = flower_inprocess.run(cfg)
+    strategy, rounds, _ = flower_inprocess.run(cfg)
     assert type(strategy.inner) is get_class(cfg.strategy._target_)
     (r,) = rounds
     assert (r["fit_clients"], r["fit_failures"], r["evaluate_clients"]) == (4, 0, 2)
@@ -77,7 +81,7 @@ def test_a_users_own_strategy_by_import_path(make_cfg, caplog):
     cfg = make_cfg("strategy._target_=custom_strategy.FrozenFedAvg", "+strategy.frozen=true",
                    "num_clients=3", "num_rounds=2")
     with caplog.at_level(logging.WARNING, logger="fedexp"):
-        strategy, rounds = flower_inprocess.run(cfg)
+        strategy, rounds, _ = flower_inprocess.run(cfg)
     assert type(strategy.inner).__name__ == "FrozenFedAvg" and strategy.inner.fit_rounds == [1, 2]
     # It never moves the global model: every round tests the seeded initial model.
     assert [r["test_loss"] for r in rounds] == [strategy.initial["test_loss"]] * 2
@@ -88,9 +92,9 @@ def test_a_users_own_strategy_by_import_path(make_cfg, caplog):
 
 def test_a_strategy_target_that_is_not_a_strategy(make_cfg):
     with pytest.raises(ConfigError, match=r"strategy._target_=nowhere.Strategy cannot be imported"):
-        strategies.build(make_cfg("strategy._target_=nowhere.Strategy").strategy)
+        strategies.build(make_cfg("strategy._target_=nowhere.Strategy"), CNN(1, 32, 10))
     with pytest.raises(ConfigError, match="not a flwr.server.strategy.Strategy"):
-        strategies.build(make_cfg("strategy._target_=builtins.dict").strategy)
+        strategies.build(make_cfg("strategy._target_=builtins.dict"), CNN(1, 32, 10))
 
 
 class _Proxy:
@@ -109,7 +113,7 @@ def test_qfedavg_weights_clients_by_their_own_loss(make_cfg):
     results = [(_Proxy("a"), _fit_res([np.array([0.1, 0.0])], 4.0)),
                (_Proxy("b"), _fit_res([np.array([0.0, 0.1])], 1.0))]
 
-    def step(q, cls=strategies.QFedAvg, **kw):
+    def step(q, cls=QFedAvg, **kw):
         s = cls(q_param=q, qffl_learning_rate=0.1, **kw)
         s.pre_weights = w0
         return parameters_to_ndarrays(s.aggregate_fit(1, results, [])[0])[0]
@@ -120,18 +124,3 @@ def test_qfedavg_weights_clients_by_their_own_loss(make_cfg):
     # Flower's own class gives every client the server's loss, so both pull equally.
     flower = step(2.0, FlowerQFedAvg, evaluate_fn=lambda rnd, w, cfg: (1.0, {}))
     assert flower[0] == pytest.approx(flower[1])
-
-
-def test_qfedavg_asks_clients_for_their_loss(make_cfg):
-    cfg = make_cfg("strategy=qfedavg")
-    s = instantiate(cfg.strategy)
-
-    class Manager:
-        def num_available(self):
-            return 2
-
-        def sample(self, num_clients, min_num_clients=None, criterion=None):
-            return [_Proxy("0"), _Proxy("1")][:num_clients]
-
-    instructions = s.configure_fit(1, ndarrays_to_parameters([np.zeros(2)]), Manager())
-    assert instructions and all(ins.config["report_loss_before_fit"] is True for _, ins in instructions)

@@ -1,8 +1,11 @@
 """Federated mode: all Flower code of fedexp lives in this package.
 
-client.py (what a virtual client does), server.py (sampling, recording strategy),
-strategies.py (building the configured strategy), simulation.py (starting Ray and Flower's
-engine), faults.py (injected failures and stragglers); `run` wires them for one experiment.
+client.py (what every virtual client does), methods/ (each method's strategy and client
+half, side by side), server/ (fedexp's parts around the strategy: sampling, instructions,
+round records, the last good model), strategies.py (building the configured strategy),
+payload.py (the model's arrays and a method's extras in one message), simulation.py
+(starting Ray and Flower's engine), worker.py (what each Ray worker loads as it starts),
+faults.py (injected failures and stragglers); `run` wires them for one experiment.
 
 However the run ends (completed, failed, diverged, interrupted), the last good global
 model is written as model.pt and results.json says how it ended.
@@ -12,52 +15,38 @@ from __future__ import annotations
 import math
 
 import torch
-from flwr.common import ndarrays_to_parameters
 from flwr.server import Server, ServerAppComponents, ServerConfig
 from flwr.server import ServerApp
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from .. import progress
-from ..models import get_weights, set_weights
+from ..models import set_weights
 from ..results import RunResults
 from ..training import evaluate
 from ..workload import Workload
 from . import strategies
 from .client import ClientSpec, make_client_app
-from .server import PartitionClientManager, RecordingStrategy, RunEnded, weighted_mean
+from .payload import ModelLayout
+from .server import PartitionClientManager, RunEnded, ServerStrategy
 from .simulation import ray_session, run_engine
 
 
 def build_strategy(work: Workload, model: torch.nn.Module):
-    """The configured Flower strategy, with fedexp's server-side hooks filled in."""
+    """The configured strategy, with fedexp's server-side hooks filled in: its
+    `evaluate_fn` tests the global model on the server's test set."""
     cfg = work.cfg
     test_model = instantiate(cfg.model).to(work.device)
     normalize = work.normalizer()
+    criterion = work.criterion()
 
     def evaluate_fn(server_round, weights, config):
         set_weights(test_model, weights)
         s = evaluate(test_model, work.data.x_test, work.data.y_test, None,
-                     batch_size=cfg.eval_batch_size, normalize=normalize)
-        return s["loss"], {"accuracy": s["accuracy"]}
+                     batch_size=cfg.eval_batch_size, normalize=normalize, criterion=criterion)
+        return s["loss"], {} if s["accuracy"] is None else {"accuracy": s["accuracy"]}
 
-    def fit_config(server_round: int) -> dict:
-        return {"server_round": server_round, "local_epochs": int(cfg.local_epochs),
-                "batch_size": int(cfg.batch_size), "lr": float(cfg.optimizer.lr),
-                "seed": int(cfg.seed)}
-
-    def evaluate_config(server_round: int) -> dict:
-        return {"server_round": server_round, "eval_batch_size": int(cfg.eval_batch_size)}
-
-    return strategies.build(
-        cfg.strategy,
-        initial_parameters=ndarrays_to_parameters(get_weights(model)),
-        evaluate_fn=evaluate_fn,
-        on_fit_config_fn=fit_config,
-        on_evaluate_config_fn=evaluate_config,
-        fit_metrics_aggregation_fn=weighted_mean,
-        evaluate_metrics_aggregation_fn=weighted_mean,
-    )
+    return strategies.build(cfg, model, evaluate_fn)
 
 
 def run(work: Workload, results: RunResults) -> torch.nn.Module:
@@ -69,8 +58,8 @@ def run(work: Workload, results: RunResults) -> torch.nn.Module:
         results.add(record)
         progress.round_line(record, cfg.num_rounds, results.steps)
 
-    strategy = RecordingStrategy(build_strategy(work, model), manager, on_round, seed=cfg.seed,
-                                 straggler_rate=float(cfg.faults.straggler_rate))
+    strategy = ServerStrategy(build_strategy(work, model), manager, on_round, seed=cfg.seed,
+                              straggler_rate=float(cfg.faults.straggler_rate), layout=ModelLayout.of(model))
     server = Server(client_manager=manager, strategy=strategy)
     # Flower's compat layer sends each client's instruction from its own thread and polls
     # for the reply every 0.1 s; its default pool (cores + 4 threads) leaves Ray workers

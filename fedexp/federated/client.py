@@ -1,31 +1,40 @@
 """The simulated client: a Flower NumPyClient that trains on the partition it is told.
 
 The training arrays and all partitions' index lists reach each Ray worker once, through
-Ray's object store (zero-copy for numpy), and stay cached in that worker process; a
-client object itself is cheap and is made anew for every message, as Flower expects.
-The server names the partition in each instruction (`partition_id`), so which data a
-virtual client holds never depends on Flower's random node ids (see server.py).
+Ray's object store (zero-copy for numpy), and stay cached in that worker process with the
+model and what the config builds (`ClientKit`); a client object itself is cheap and is
+made anew for every message, as Flower expects. The server names the partition in each
+instruction (`partition_id`), so which data a virtual client holds never depends on
+Flower's random node ids (see server/sampling.py).
 
-A fit call may fail on purpose (`faults.client_failure_rate`, see faults.py). A client
-whose local training diverges (NaN/inf loss or weights) does not raise: it answers with
-`metrics["diverged"]` and no weights, so the server can tell divergence from a crash.
+What every method's client does is here: injected faults, the seeded streams, the
+optimizer, the training loop, divergence checks. What a method changes comes from its
+client half (`strategy.client` in the config, see methods/base.py), whose hooks run inside
+`fit` with the client's own state (Flower's `Context.state`).
+
+A client whose local training diverges (NaN/inf loss or weights) does not raise: it
+answers with `metrics["diverged"]` and no weights, so the server can tell divergence from
+a crash, and its state stays as it was.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from flwr.client import ClientApp, NumPyClient
-from flwr.common import Context
+from flwr.common import Context, RecordDict
 from hydra.utils import instantiate
 
 from ..models import get_weights, set_weights
-from ..training import DivergedError, Normalizer, evaluate, train
+from ..training import BatchAugment, DivergedError, Normalizer, evaluate, train
 from .faults import InjectedClientFailure, fit_fails
+from .methods.base import ClientMethod, ClientState, LocalFit
+from .payload import ModelLayout
 
-_WORKER: dict[str, Any] = {}  # per worker process: data fetched once, threads set once
+_WORKER: dict[str, Any] = {}  # per worker process: what `ClientKit.build` made, per run
 
 
 @dataclass
@@ -43,40 +52,68 @@ def seed_for(seed: int, server_round: int, partition_id: int, salt: int = 0) -> 
     return int(np.random.SeedSequence([seed, server_round, partition_id, salt]).generate_state(1)[0])
 
 
-def _worker_state(spec: ClientSpec) -> dict:
-    """This worker's data, model and normaliser, made on its first message of the run.
+def method_factory(cfg: dict) -> Callable[[], ClientMethod]:
+    """The configured client half (`strategy.client`), as a factory of fresh instances;
+    FedAvg's plain client when the strategy names none (e.g. a user's own strategy)."""
+    node = (cfg.get("strategy") or {}).get("client")
+    if not node:
+        return ClientMethod
+    return instantiate(node, _partial_=True)
 
-    Every message overwrites the model's weights before use, so one model object per
-    worker serves every client it simulates.
-    """
+
+@dataclass
+class ClientKit:
+    """What a worker builds from the config once per run and every client it simulates
+    shares: every message overwrites the model's weights before use."""
+
+    model: torch.nn.Module
+    layout: ModelLayout
+    normalize: Normalizer
+    criterion: Callable
+    augment: BatchAugment | None
+    new_method: Callable[[], ClientMethod]
+
+    @classmethod
+    def build(cls, cfg: dict, device: torch.device) -> "ClientKit":
+        model = instantiate(cfg["model"]).to(device)
+        return cls(model, ModelLayout.of(model),
+                   Normalizer(cfg["dataset"]["mean"], cfg["dataset"]["std"], device),
+                   instantiate(cfg["loss"]) if cfg.get("loss") else torch.nn.functional.cross_entropy,
+                   BatchAugment.from_config(cfg["dataset"].get("augment")), method_factory(cfg))
+
+
+def _worker_state(spec: ClientSpec) -> dict:
+    """This worker's data and kit, made on its first message of the run."""
     key = spec.data_ref.hex()
     if _WORKER.get("key") != key:
         import ray
 
         torch.set_num_threads(max(1, spec.threads))
-        device = torch.device(spec.device)
         _WORKER.clear()
-        _WORKER.update(
-            key=key, data=ray.get(spec.data_ref),
-            model=instantiate(spec.cfg["model"]).to(device),
-            normalize=Normalizer(spec.cfg["dataset"]["mean"], spec.cfg["dataset"]["std"], device))
+        _WORKER.update(key=key, data=ray.get(spec.data_ref),
+                       kit=ClientKit.build(spec.cfg, torch.device(spec.device)))
     return _WORKER
 
 
 class FedexpClient(NumPyClient):
     """Train/evaluate the global model on one partition, with settings sent by the server."""
 
-    def __init__(self, spec: ClientSpec, data: dict, model: torch.nn.Module | None = None,
-                 normalize: Normalizer | None = None):
+    def __init__(self, spec: ClientSpec, data: dict, kit: ClientKit | None = None,
+                 state: RecordDict | None = None):
         """`data` holds x, y and every partition's train/val indices; a worker passes its
-        cached `model` and `normalize`, which are otherwise built from the config."""
+        cached `kit`, which is otherwise built from the config. `state` is the client's
+        Flower `Context.state`, kept between the rounds it is sampled in."""
         self.spec, self.data = spec, data
-        device = torch.device(spec.device)
-        self.model = model if model is not None else instantiate(spec.cfg["model"]).to(device)
-        self.normalize = normalize or Normalizer(spec.cfg["dataset"]["mean"], spec.cfg["dataset"]["std"], device)
+        self.kit = kit or ClientKit.build(spec.cfg, torch.device(spec.device))
+        self.model = self.kit.model
+        self.state = ClientState(state)
 
     def get_parameters(self, config):
         return get_weights(self.model)
+
+    def _evaluate(self, indices, batch_size: int) -> dict:
+        return evaluate(self.model, self.data["x"], self.data["y"], indices, batch_size=batch_size,
+                        normalize=self.kit.normalize, criterion=self.kit.criterion)
 
     def fit(self, parameters, config):
         pid, rnd, seed = int(config["partition_id"]), int(config["server_round"]), int(config["seed"])
@@ -84,46 +121,53 @@ class FedexpClient(NumPyClient):
         if fit_fails(seed, rnd, pid, rate):
             raise InjectedClientFailure(f"client {pid} failed on purpose in round {rnd} "
                                         f"(faults.client_failure_rate={rate})")
-        set_weights(self.model, parameters)
-        metrics = {"partition_id": pid}
-        if config.get("report_loss_before_fit"):
-            # q-FedAvg weights each client by its loss at the global model, on its own data.
-            before = evaluate(self.model, self.data["x"], self.data["y"], self.data["train"][pid],
-                              batch_size=int(self.spec.cfg["eval_batch_size"]), normalize=self.normalize)
-            metrics["loss_before_fit"] = before["loss"] if before["examples"] else 0.0
+        weights, extras = self.kit.layout.split(parameters)
+        set_weights(self.model, weights)
         torch.manual_seed(seed_for(seed, rnd, pid, 1))
         optimizer = instantiate(self.spec.cfg["optimizer"], lr=float(config["lr"]))(self.model.parameters())
+        train_idx = self.data["train"][pid]
+        batch_eval = int(self.spec.cfg["eval_batch_size"])
+        local = LocalFit(self.model, optimizer, dict(config), weights, extras, self.state, self.kit.layout,
+                         evaluate_train=lambda: self._evaluate(train_idx, batch_eval))
+        method = self.kit.new_method()
+        method.before_fit(local)
         try:
             stats = train(
-                self.model, self.data["x"], self.data["y"], self.data["train"][pid],
+                self.model, self.data["x"], self.data["y"], train_idx,
                 epochs=int(config["local_epochs"]), batch_size=int(config["batch_size"]),
-                optimizer=optimizer, normalize=self.normalize,
+                optimizer=optimizer, normalize=self.kit.normalize,
                 generator=torch.Generator().manual_seed(seed_for(seed, rnd, pid)),
-                proximal_mu=float(config.get("proximal_mu", 0.0)),
+                criterion=self.kit.criterion, augment=self.kit.augment, hooks=method,
             )
             if not all(torch.isfinite(v).all() for v in self.model.state_dict().values()
                        if v.is_floating_point()):
                 raise DivergedError("weights became NaN or infinite")
         except DivergedError as e:
             return [], 0, {"diverged": f"client {pid}, round {rnd}: {e}", "partition_id": pid}
-        metrics.update(train_loss=stats["loss"], train_accuracy=stats["accuracy"])
-        return get_weights(self.model), stats["examples"], metrics
+        local.steps = stats["steps"]
+        sent = method.after_fit(local)
+        metrics = {"partition_id": pid, **local.metrics, "train_loss": stats["loss"]}
+        if stats["accuracy"] is not None:
+            metrics["train_accuracy"] = stats["accuracy"]
+        return get_weights(self.model) + list(sent), stats["examples"], metrics
 
     def evaluate(self, parameters, config):
         pid = int(config["partition_id"])
-        set_weights(self.model, parameters)
-        stats = evaluate(self.model, self.data["x"], self.data["y"], self.data["val"][pid],
-                         batch_size=int(config["eval_batch_size"]), normalize=self.normalize)
+        set_weights(self.model, self.kit.layout.split(parameters)[0])
+        stats = self._evaluate(self.data["val"][pid], int(config["eval_batch_size"]))
         if stats["examples"] == 0:
             # A client too small to hold validation data: weight 0, and no NaN, which would
             # turn Flower's weighted average into NaN even at weight 0.
             return 0.0, 0, {"accuracy": 0.0, "partition_id": pid}
-        return stats["loss"], stats["examples"], {"accuracy": stats["accuracy"], "partition_id": pid}
+        metrics = {"partition_id": pid}
+        if stats["accuracy"] is not None:
+            metrics["accuracy"] = stats["accuracy"]
+        return stats["loss"], stats["examples"], metrics
 
 
 def make_client_app(spec: ClientSpec) -> ClientApp:
     def client_fn(context: Context):
         state = _worker_state(spec)
-        return FedexpClient(spec, state["data"], state["model"], state["normalize"]).to_client()
+        return FedexpClient(spec, state["data"], state["kit"], context.state).to_client()
 
     return ClientApp(client_fn=client_fn)

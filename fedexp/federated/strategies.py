@@ -1,24 +1,31 @@
-"""Building the configured Flower strategy, and fedexp's one correction to a Flower strategy.
+"""Building the configured strategy (the server half of `conf/strategy/NAME.yaml`).
 
-Any class named by `strategy._target_` works, Flower's or the user's own: the config's keys
-go to its constructor, and fedexp adds its server-side hooks (initial parameters, test-set
-evaluation, per-round client settings, metric averaging) only where that constructor takes
+Any class named by `strategy._target_` works, Flower's, one of fedexp's methods or the
+user's own: the config's keys (all but `client`, the client half) go to its constructor,
+and fedexp adds its server-side hooks (initial parameters, test-set evaluation, per-round
+client settings, metric averaging, the model's layout) only where that constructor takes
 them, so a Strategy subclass with a narrower signature still builds.
+
+The setting checks (checks.py) and the run build the strategy through `build` with the
+same hooks, so a strategy that needs one of them (FedAdam needs the initial model) is
+checked as it will run.
 """
 from __future__ import annotations
 
 import inspect
 import logging
+from collections.abc import Callable
 
-import numpy as np
-from flwr.common import FitIns, ndarrays_to_parameters, parameters_to_ndarrays
-from flwr.server.strategy import QFedAvg as FlowerQFedAvg
+import torch
+from flwr.common import ndarrays_to_parameters
 from flwr.server.strategy import Strategy
-from flwr.server.strategy.aggregate import aggregate_qffl
+from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ..checks import ConfigError
+from ..models import get_weights
+from .payload import ModelLayout
 
 log = logging.getLogger("fedexp")
 
@@ -33,8 +40,49 @@ _WITHOUT = {
 }
 
 
-def build(node: DictConfig, **hooks) -> Strategy:
-    """Instantiate `node` (the `strategy` config) with the `hooks` its constructor accepts."""
+def weighted_mean(metrics: list[tuple[int, dict]]) -> dict:
+    """Average each numeric metric over clients, weighted by their example counts."""
+    total = sum(n for n, _ in metrics)
+    keys = {k for _, m in metrics for k, v in m.items() if k != "partition_id"
+            and isinstance(v, (int, float))}
+    if total == 0:
+        return {}
+    return {k: sum(n * float(m[k]) for n, m in metrics if k in m) / total for k in sorted(keys)}
+
+
+def server_hooks(cfg: DictConfig, model: torch.nn.Module, evaluate_fn: Callable | None) -> dict:
+    """Everything fedexp offers a strategy's constructor, for the run `cfg` describes."""
+
+    def fit_config(server_round: int) -> dict:
+        return {"server_round": server_round, "local_epochs": int(cfg.local_epochs),
+                "batch_size": int(cfg.batch_size), "lr": float(cfg.optimizer.lr),
+                "seed": int(cfg.seed)}
+
+    def evaluate_config(server_round: int) -> dict:
+        return {"server_round": server_round, "eval_batch_size": int(cfg.eval_batch_size)}
+
+    return {"initial_parameters": ndarrays_to_parameters(get_weights(model)),
+            "evaluate_fn": evaluate_fn,
+            "on_fit_config_fn": fit_config,
+            "on_evaluate_config_fn": evaluate_config,
+            "fit_metrics_aggregation_fn": weighted_mean,
+            "evaluate_metrics_aggregation_fn": weighted_mean,
+            "model_layout": ModelLayout.of(model)}
+
+
+def strategy_node(node: DictConfig) -> DictConfig:
+    """The strategy's own settings, resolved: the `strategy` config without its client half."""
+    settings = OmegaConf.to_container(node, resolve=True)
+    settings.pop("client", None)
+    return OmegaConf.create(settings)
+
+
+def build(cfg: DictConfig, model: torch.nn.Module, evaluate_fn: Callable | None = None,
+          warn: bool = True) -> Strategy:
+    """Instantiate `cfg.strategy` with the hooks its constructor accepts; `warn` logs each
+    hook it cannot take (the setting checks build it quietly, the run says it once)."""
+    node = strategy_node(cfg.strategy)
+    hooks = server_hooks(cfg, model, evaluate_fn)
     target = node.get("_target_")
     hydra_log = logging.getLogger("hydra.utils")  # it logs the traceback we turn into one line
     level, hydra_log.level = hydra_log.level, logging.CRITICAL
@@ -54,59 +102,48 @@ def build(node: DictConfig, **hooks) -> Strategy:
         accepted = dict(hooks)
     else:
         accepted = {k: v for k, v in hooks.items() if k in params}
-    for name in sorted(set(hooks) - set(accepted)):
-        log.warning("strategy %s does not take %s: %s", target, name, _WITHOUT.get(name, "not passed"))
-    strategy = instantiate(node, **accepted)
+    for name in sorted(set(_WITHOUT) - set(accepted)) if warn else []:
+        log.warning("strategy %s does not take %s: %s", target, name, _WITHOUT[name])
+    try:
+        # The hooks go to the constructor as they are: through instantiate's kwargs, Hydra
+        # would turn dataclasses (Parameters, ModelLayout) into configs.
+        strategy = instantiate(node, _partial_=True)(**accepted)
+    except InstantiationException as e:
+        raise ConfigError(f"strategy ({target}) cannot be built from its settings: "
+                          f"{e.__cause__ or e}") from None
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"strategy ({target}) cannot be built from its settings: {e}") from None
     if not isinstance(strategy, Strategy):
         raise ConfigError(f"strategy._target_={target} built a {type(strategy).__name__}, "
                           "not a flwr.server.strategy.Strategy")
     return strategy
 
 
-class QFedAvg(FlowerQFedAvg):
-    """q-FedAvg as Li et al. (ICLR 2020, Algorithm 2) define it.
+def check_client_half(cfg: DictConfig) -> None:
+    """Build the client half (`strategy.client`) once, so a bad setting fails before Ray."""
+    from .client import method_factory
+    from .methods.base import ClientMethod
 
-    Each client k is weighted by its own loss F_k(w) on its own training data at the global
-    model w, raised to q: clients the global model serves badly pull it harder. Flower's
-    QFedAvg (1.42) plugs in the server's test loss (`evaluate_fn`) for every client instead,
-    which takes away the per-client weighting that is q-FFL's point. Here the clients are asked
-    for F_k(w) (`report_loss_before_fit`, answered by fedexp's client as `loss_before_fit`)
-    and the rest is Flower's: its sampling, its hyperparameters (`q_param`,
-    `qffl_learning_rate` = the paper's 1/L) and its `aggregate_qffl` update.
-    """
+    node = cfg.strategy.get("client")
+    try:
+        method = method_factory(OmegaConf.to_container(cfg, resolve=True))()
+    except Exception as e:
+        cause = e.__cause__ if isinstance(e, InstantiationException) and e.__cause__ else e
+        raise ConfigError(f"strategy.client ({node.get('_target_') if node else None}) cannot be built: "
+                          f"{str(cause).splitlines()[0] if str(cause) else type(cause).__name__}") from None
+    if not isinstance(method, ClientMethod):
+        raise ConfigError(f"strategy.client._target_={node.get('_target_')} built a "
+                          f"{type(method).__name__}, not a fedexp.federated.methods.ClientMethod")
 
-    LOSS_KEY = "loss_before_fit"
 
-    def __repr__(self) -> str:
-        return f"QFedAvg(q_param={self.q_param}, qffl_learning_rate={self.learning_rate}, client losses)"
+def local_solver_note(cfg: DictConfig) -> str | None:
+    """One line when the client half's method is defined for local SGD (its `sgd_only`
+    note) and the optimizer is another one."""
+    node = cfg.strategy.get("client")
+    optimizer = str(cfg.optimizer.get("_target_", ""))
+    if not node or optimizer.endswith(".SGD"):
+        return None
+    from hydra.utils import get_class
 
-    def configure_fit(self, server_round, parameters, client_manager):
-        instructions = super().configure_fit(server_round, parameters, client_manager)
-        return [(proxy, FitIns(ins.parameters, {**ins.config, "report_loss_before_fit": True}))
-                for proxy, ins in instructions]
-
-    def aggregate_fit(self, server_round, results, failures):
-        if not results or (failures and not self.accept_failures):
-            return None, {}
-        before = self.pre_weights
-        deltas, hs = [], []
-        for proxy, res in results:
-            if self.LOSS_KEY not in res.metrics:
-                raise RuntimeError(f"q-FedAvg: client {proxy.cid} did not report '{self.LOSS_KEY}' "
-                                   "(its fit must return its loss at the received model)")
-            loss = float(res.metrics[self.LOSS_KEY]) + 1e-10
-            # The paper's update direction: Delta w_k = L (w - w_k), L = 1 / qffl_learning_rate.
-            grads = [(u - v) / self.learning_rate
-                     for u, v in zip(before, parameters_to_ndarrays(res.parameters), strict=True)]
-            # ||Delta w_k||^2 over the weights only: integer buffers (BatchNorm's batch
-            # counters) are not part of the model's function and would swamp the norm.
-            norm2 = sum(float(np.sum(np.square(g))) for g, u in zip(grads, before)
-                        if np.issubdtype(u.dtype, np.floating))
-            deltas.append([np.float_power(loss, self.q_param) * g for g in grads])
-            hs.append(self.q_param * np.float_power(loss, self.q_param - 1) * norm2
-                      + np.float_power(loss, self.q_param) / self.learning_rate)
-        weights = aggregate_qffl(before, deltas, hs)
-        metrics = {}
-        if self.fit_metrics_aggregation_fn:
-            metrics = self.fit_metrics_aggregation_fn([(r.num_examples, r.metrics) for _, r in results])
-        return ndarrays_to_parameters(weights), metrics
+    note = getattr(get_class(node._target_), "sgd_only", None)
+    return f"strategy.client ({node._target_}) with optimizer {optimizer}: {note}" if note else None

@@ -1,0 +1,195 @@
+"""The two halves every method is made of, and what they share.
+
+A method is a server strategy (a Flower `Strategy`) and a `ClientMethod`, written side by
+side in one module of this package and configured together in `conf/strategy/NAME.yaml`:
+`_target_` names the strategy, `client._target_` the client half. fedexp's generic client
+(`client.py`) does everything methods have in common (faults, seeded streams, the
+optimizer, the training loop, divergence checks) and calls the client half's hooks where
+methods differ:
+
+- `before_fit(fit)`: after the global model is loaded, before the first step;
+- `loss_term(model)` and `after_backward(model)`: inside every step (`TrainingHooks`);
+- `after_fit(fit)`: after the last step; it returns the extra arrays sent back with the
+  weights, and may update the client's state.
+
+`fit.state` is the client's own memory between the rounds it is sampled in (Flower's
+`Context.state` of its node); `fit.server_extras` are the arrays the strategy sent after
+the global model. The strategy reads the clients' extras back in `aggregate_fit`
+(`FedAvgBased.updates` splits each result into weights and extras).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from flwr.common import ArrayRecord, RecordDict, parameters_to_ndarrays
+from flwr.server.strategy import FedAvg
+
+from ...training import TrainingHooks
+from ..payload import ModelLayout
+
+
+class ClientState:
+    """Named lists of arrays that one client keeps across rounds, in Flower's `Context.state`.
+
+    Flower's simulation keeps each node's context in the server process and ships it to
+    the worker with every message for that node, so what a client stores here is there
+    again the next time the same client is sampled, whichever worker runs it.
+    """
+
+    def __init__(self, records: RecordDict | None = None):
+        self.records = records if records is not None else RecordDict()
+
+    def get(self, name: str) -> list[np.ndarray] | None:
+        records = self.records.array_records
+        return records[name].to_numpy_ndarrays() if name in records else None
+
+    def set(self, name: str, arrays: list[np.ndarray]) -> None:
+        self.records[name] = ArrayRecord(numpy_ndarrays=[np.ascontiguousarray(a) for a in arrays])
+
+    def nbytes(self) -> int:
+        return sum(len(a.data) for record in self.records.array_records.values() for a in record.values())
+
+
+@dataclass
+class LocalFit:
+    """One client's `fit` call, as a method's hooks see it."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    config: dict                        # the server's instructions for this round
+    global_weights: list[np.ndarray]    # the model's arrays as received
+    server_extras: list[np.ndarray]     # what the strategy sent after them
+    state: ClientState
+    layout: ModelLayout
+    evaluate_train: Callable[[], dict]  # the model as it is now, on this client's training data
+    steps: int = 0                      # optimizer steps taken (known after training)
+    metrics: dict = field(default_factory=dict)  # reported back with the fit result
+
+    @property
+    def lr(self) -> float:
+        return float(self.config["lr"])
+
+    def trained_params(self) -> list[torch.nn.Parameter]:
+        """The model's trained parameters, in the payload's order."""
+        named = dict(self.model.named_parameters())
+        return [named[self.layout.names[i]] for i in self.layout.trained_indices]
+
+    def global_trained(self) -> list[torch.Tensor]:
+        """The received (global) values of `trained_params`, as tensors beside them."""
+        device = next(self.model.parameters()).device
+        return [torch.as_tensor(np.asarray(self.global_weights[i], dtype=np.float32), device=device)
+                for i in self.layout.trained_indices]
+
+    def as_tensors(self, arrays: list[np.ndarray]) -> list[torch.Tensor]:
+        device = next(self.model.parameters()).device
+        return [torch.as_tensor(np.asarray(a, dtype=np.float32), device=device) for a in arrays]
+
+
+class ClientMethod(TrainingHooks):
+    """The client half of a method. This base class is FedAvg's client: plain local training."""
+
+    # What changes when the clients' optimizer is not SGD, for methods whose math assumes
+    # local SGD steps (the setting checks print it once); None for methods that do not.
+    sgd_only: str | None = None
+
+    def before_fit(self, fit: LocalFit) -> None:
+        """Called with the global model loaded, before the first local step."""
+
+    def after_fit(self, fit: LocalFit) -> list[np.ndarray]:
+        """Called after the last local step; returns the arrays sent after the weights."""
+        return []
+
+
+@dataclass
+class ClientUpdate:
+    """One client's fit result, split into the model's arrays and the method's extras."""
+
+    weights: list[np.ndarray]
+    extras: list[np.ndarray]
+    num_examples: int
+    metrics: dict
+
+
+class FedAvgBased(FedAvg):
+    """The server half of methods that keep FedAvg's sampling and instructions and replace
+    only the update of the global model (`new_global`) and, if they need to, what is sent
+    with it (`extras_for_clients`).
+
+    `model_layout` is passed by fedexp (see strategies.py): it says which arrays are
+    trained parameters. Those get the method's update; BatchNorm's running statistics
+    and other buffers get FedAvg's example-weighted mean.
+    """
+
+    reads_extras = True  # fedexp hands this strategy the clients' extras too
+
+    def __init__(self, *, model_layout: ModelLayout | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.layout = model_layout
+        self.global_weights: list[np.ndarray] | None = None
+        self.num_clients = 0
+
+    def configure_fit(self, server_round, parameters, client_manager):
+        from flwr.common import FitIns
+
+        from ..payload import with_extras
+
+        self.global_weights = parameters_to_ndarrays(parameters)
+        if self.layout is None:
+            self.layout = ModelLayout.of_arrays(self.global_weights)
+        self.num_clients = client_manager.num_available()
+        extras = self.extras_for_clients()
+        settings = self.settings_for_clients()
+        return [(proxy, FitIns(with_extras(ins.parameters, extras), {**ins.config, **settings}))
+                for proxy, ins in super().configure_fit(server_round, parameters, client_manager)]
+
+    def extras_for_clients(self) -> list[np.ndarray]:
+        """Arrays sent to every sampled client after the global model."""
+        return []
+
+    def settings_for_clients(self) -> dict:
+        """Settings added to every fit instruction (the method's own keys)."""
+        return {}
+
+    def updates(self, results) -> list[ClientUpdate]:
+        out = []
+        for _, res in results:
+            weights, extras = self.layout.split(parameters_to_ndarrays(res.parameters))
+            out.append(ClientUpdate(weights, extras, res.num_examples, dict(res.metrics)))
+        return out
+
+    def aggregate_fit(self, server_round, results, failures):
+        from flwr.common import ndarrays_to_parameters
+
+        if not results or (failures and not self.accept_failures):
+            return None, {}
+        updates = self.updates(results)
+        new = self.buffers_mean(updates)
+        for i, value in zip(self.layout.trained_indices, self.new_global(updates)):
+            new[i] = value
+        metrics = {}
+        if self.fit_metrics_aggregation_fn:
+            metrics = self.fit_metrics_aggregation_fn([(r.num_examples, r.metrics) for _, r in results])
+        return ndarrays_to_parameters(new), metrics
+
+    def new_global(self, updates: list[ClientUpdate]) -> list[np.ndarray]:
+        """The new values of the trained parameters (in `layout.trained_indices` order)."""
+        raise NotImplementedError
+
+    def buffers_mean(self, updates: list[ClientUpdate]) -> list[np.ndarray | None]:
+        """The entries that are not trained parameters (BatchNorm's statistics and
+        counters) as FedAvg's example-weighted mean of the clients' values; None for the
+        trained ones, which the method's update fills in."""
+        total = sum(u.num_examples for u in updates)
+        share = [u.num_examples / total if total else 1 / len(updates) for u in updates]
+        return [None if trained else sum(s * np.asarray(u.weights[i], np.float64) for s, u in zip(share, updates))
+                for i, trained in enumerate(self.layout.trainable)]
+
+    def global_trained(self) -> list[np.ndarray]:
+        return [np.asarray(self.global_weights[i], np.float64) for i in self.layout.trained_indices]
+
+    @staticmethod
+    def trained_of(update: ClientUpdate, layout: ModelLayout) -> list[np.ndarray]:
+        return [np.asarray(update.weights[i], np.float64) for i in layout.trained_indices]

@@ -1,0 +1,74 @@
+"""FedDyn (Acar et al., "Federated Learning Based on Dynamic Regularization", ICLR 2021,
+Algorithm 1).
+
+Each client k keeps the gradient of its local loss at its last local model,
+grad L_k(theta_k^{t-1}) (in its `Context.state`, zero before its first round), and
+minimises the dynamically regularised objective
+
+    L_k(theta) - <grad L_k(theta_k^{t-1}), theta> + (alpha/2) ||theta - theta^{t-1}||^2,
+
+then updates its state by the first-order condition of that objective,
+
+    grad L_k(theta_k^t) = grad L_k(theta_k^{t-1}) - alpha (theta_k^t - theta^{t-1}).
+
+The server keeps h (zero at first) and, with P the sampled clients and m all of them,
+
+    h^t     = h^{t-1} - alpha (1/m) sum_{k in P} (theta_k^t - theta^{t-1}),
+    theta^t = (1/|P|) sum_{k in P} theta_k^t - (1/alpha) h^t.
+
+`alpha` is sent to the clients in every fit instruction. The regulariser covers the
+trained parameters; BatchNorm's statistics are averaged as in FedAvg.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .base import ClientMethod, ClientUpdate, FedAvgBased, LocalFit
+
+STATE_KEY = "feddyn.grad"
+
+
+class FedDynClient(ClientMethod):
+    """Adds FedDyn's linear and quadratic terms to each step; keeps its local gradient state."""
+
+    def before_fit(self, fit: LocalFit) -> None:
+        self.alpha = float(fit.config["alpha"])
+        self.params = fit.trained_params()
+        self.anchor = fit.global_trained()
+        stored = fit.state.get(STATE_KEY)
+        self.grad = fit.as_tensors(stored) if stored is not None else [torch.zeros_like(p) for p in self.params]
+
+    def loss_term(self, model):
+        linear = sum((p * g).sum() for p, g in zip(self.params, self.grad))
+        quadratic = sum((p - a).pow(2).sum() for p, a in zip(self.params, self.anchor))
+        return 0.5 * self.alpha * quadratic - linear
+
+    def after_fit(self, fit: LocalFit) -> list[np.ndarray]:
+        new = [g - self.alpha * (p.detach() - a) for g, p, a in zip(self.grad, self.params, self.anchor)]
+        fit.state.set(STATE_KEY, [t.cpu().numpy() for t in new])
+        return []
+
+
+class FedDyn(FedAvgBased):
+    """FedDyn's server: FedAvg's sampling, the dynamically corrected average (see the module)."""
+
+    def __init__(self, *, alpha: float = 0.01, **kwargs):
+        super().__init__(**kwargs)
+        self.alpha = alpha
+        self.h: list[np.ndarray] | None = None
+
+    def __repr__(self) -> str:
+        return f"FedDyn(alpha={self.alpha})"
+
+    def settings_for_clients(self) -> dict:
+        return {"alpha": float(self.alpha)}
+
+    def new_global(self, updates: list[ClientUpdate]) -> list[np.ndarray]:
+        x = self.global_trained()
+        thetas = [self.trained_of(u, self.layout) for u in updates]
+        if self.h is None:
+            self.h = [np.zeros_like(xj) for xj in x]
+        m = max(self.num_clients, len(updates))
+        self.h = [h - self.alpha * sum(t[j] - x[j] for t in thetas) / m for j, h in enumerate(self.h)]
+        return [np.mean([t[j] for t in thetas], axis=0) - h / self.alpha for j, h in enumerate(self.h)]

@@ -1,0 +1,8 @@
+"""The server side of a simulated federation: fedexp's parts around the configured strategy
+(see strategy.py for what each module does)."""
+from .guard import RunEnded
+from .links import ClientLink, RunStopped
+from .sampling import PartitionClientManager
+from .strategy import ServerStrategy
+
+__all__ = ["ClientLink", "PartitionClientManager", "RunEnded", "RunStopped", "ServerStrategy"]
