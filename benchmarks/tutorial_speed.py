@@ -1,12 +1,15 @@
 """Time fedexp's tutorial experiment against the tutorial's own code and bare PyTorch.
 
     python benchmarks/tutorial_speed.py --data DIR [--reference-dir ../shared/bench] [--repeat 3]
+        [--variant "augmented=dataset.augment.crop_padding=4 dataset.augment.flip=true"]
 
 DIR is a CIFAR-10 tree in ImageFolder layout (train/<class>/*, test/<class>/*); fedexp reads
 it with `dataset=image_folder`. With --reference-dir, the folder holding `tutorial_flower.py`
 (the tutorial on today's flwr) and `torch_limit.py` (the same federated work in bare PyTorch)
-is run too. Commands are interleaved (A B C A B C ...) so that drift on a shared machine hits
-all of them alike; the figures to quote are the medians and the ratios.
+is run too. Each --variant NAME=OVERRIDES adds a fedexp run with those overrides to every
+repetition (its training time is compared with the floor's too). Commands are interleaved
+(A B C A B C ...) so that drift on a shared machine hits all of them alike; the figures to
+quote are the medians and the ratios.
 
 Per run it records the wall time of the whole process, the peak memory of the whole process
 tree (Ray starts several processes) as the sum of RSS, and what the run reports: for fedexp,
@@ -142,16 +145,22 @@ def main() -> None:
     ap.add_argument("--reference-dir", type=Path, help="folder with tutorial_flower.py and torch_limit.py")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--pss", action="store_true", help="also sample PSS (slows the runs measured)")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=OVERRIDES",
+                    help="also time fedexp with these space-separated overrides")
     ap.add_argument("fedexp_overrides", nargs="*", help="extra fedexp overrides")
     a = ap.parse_args()
+    variants = dict(v.split("=", 1) for v in a.variant)
     workdir = Path(tempfile.mkdtemp(prefix="fedexp-bench-"))
     # decode the image folder once, outside the timed runs (the cache is keyed by the files)
     subprocess.run([sys.executable, "-c", "import sys; from fedexp.data.datasets import load_image_folder;"
                     " load_image_folder(sys.argv[1])", a.data], check=True)
-    runs: dict[str, list[dict]] = {"fedexp": [], "tutorial": [], "floor": []}
+    runs: dict[str, list[dict]] = {"fedexp": [], "tutorial": [], "floor": [], **{v: [] for v in variants}}
     for i in range(a.repeat):
         runs["fedexp"].append(fedexp_run(a.data, workdir, i, a.fedexp_overrides, a.pss))
         print("fedexp  ", json.dumps(runs["fedexp"][-1]), flush=True)
+        for name, overrides in variants.items():
+            runs[name].append(fedexp_run(a.data, workdir, f"{name}-{i}", [*a.fedexp_overrides, *overrides.split()], a.pss))
+            print(f"{name:<8}", json.dumps(runs[name][-1]), flush=True)
         if a.reference_dir:
             ref = a.reference_dir.resolve()
             runs["tutorial"].append(measure([sys.executable, str(ref / "tutorial_flower.py"), "--mode", "fed"], workdir, a.pss))
@@ -160,6 +169,8 @@ def main() -> None:
             print("floor   ", json.dumps(runs["floor"][-1]), flush=True)
     print(f"\nmedian [min-max] over {a.repeat} runs; seconds, MB")
     fx = summary("fedexp", runs["fedexp"], ["wall", "train_seconds", "rss_mb", "pss_mb", "accuracy"])
+    for name in variants:
+        summary(name, runs[name], ["wall", "train_seconds", "rss_mb", "pss_mb", "accuracy"])
     if a.reference_dir:
         tu = summary("tutorial", runs["tutorial"], ["wall", "fed_seconds", "rss_mb", "pss_mb", "fed_test_accuracy"])
         fl = summary("floor", runs["floor"], ["wall", "fed_seconds", "rss_mb", "pss_mb", "fed_test_accuracy"])
@@ -169,6 +180,10 @@ def main() -> None:
               f"[{min(ratio):.2f}-{max(ratio):.2f}]  (target <= 0.6)")
         print(f"fedexp training / floor fed_seconds: median {statistics.median(train):.2f} "
               f"[{min(train):.2f}-{max(train):.2f}]  (target <= 1.25)")
+        for name in variants:
+            train = [f["train_seconds"] / l["fed_seconds"] for f, l in zip(runs[name], runs["floor"])]
+            print(f"fedexp {name} training / floor fed_seconds: median {statistics.median(train):.2f} "
+                  f"[{min(train):.2f}-{max(train):.2f}]  (target <= 1.25)")
         pss = f", PSS {fx['pss_mb'] / tu['pss_mb']:.2f}" if a.pss else ""
         print(f"peak memory fedexp / tutorial: RSS {fx['rss_mb'] / tu['rss_mb']:.2f}{pss}")
         print(f"accuracy: fedexp {fx['accuracy']:.4f}, tutorial {tu['fed_test_accuracy']:.4f}, "

@@ -63,6 +63,7 @@ def check(cfg: DictConfig) -> None:
     for key in ("client_failure_rate", "straggler_rate"):
         v = cfg.faults[key]
         _need(_is_number(v) and 0 <= v <= 1, f"faults.{key}", v, "a fraction in [0, 1]")
+    _check_augment(cfg)
     _check_device(cfg)
     _check_dataset_path(cfg)
     _check_partitioner(cfg)
@@ -91,6 +92,15 @@ def _check_device(cfg: DictConfig) -> None:
         _need(cpus <= total, "device.client_cpus", cpus,
               f"at most the {total} CPUs Ray gets (simulation.num_cpus, or this machine's): "
               f"no client could ever be scheduled")
+
+
+def _check_augment(cfg: DictConfig) -> None:
+    augment, size = cfg.dataset.get("augment") or {}, cfg.dataset.get("image_size")
+    pad = augment.get("crop_padding", 0)
+    _need(_is_int(pad) and 0 <= pad and (not _is_int(size) or pad < size), "dataset.augment.crop_padding",
+          pad, f"an integer from 0 (no crops) to dataset.image_size - 1 = {size - 1 if _is_int(size) else '?'}")
+    flip = augment.get("flip", False)
+    _need(isinstance(flip, bool), "dataset.augment.flip", flip, "true or false")
 
 
 def _check_dataset_path(cfg: DictConfig) -> None:

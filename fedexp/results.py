@@ -28,6 +28,21 @@ CSV_COLUMNS = {
 }
 
 
+def is_timing_key(key: str) -> bool:
+    """Keys that measure time (`seconds`, `wall_seconds`, `client_start_seconds`, ...): the
+    only ones two runs of the same config may differ in (the reproducibility contract)."""
+    return key == "seconds" or key.endswith("_seconds")
+
+
+def without_timing(value):
+    """`value` (results.json's data, or a part of it) without its timing keys, at any depth."""
+    if isinstance(value, dict):
+        return {k: without_timing(v) for k, v in value.items() if not is_timing_key(k)}
+    if isinstance(value, list):
+        return [without_timing(v) for v in value]
+    return value
+
+
 class ResultsExistError(RuntimeError):
     """The run directory already holds another run's results."""
 

@@ -64,19 +64,24 @@ class BatchAugment:
         return augment if augment.pad or augment.flip else None
 
     def __call__(self, xb: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        n, _, h, w = xb.shape
-        if self.pad:
-            padded = F.pad(xb, (self.pad,) * 4, mode="reflect")
-            top = torch.randint(0, 2 * self.pad + 1, (n,), generator=generator).to(xb.device)
-            left = torch.randint(0, 2 * self.pad + 1, (n,), generator=generator).to(xb.device)
-            rows = (top[:, None] + torch.arange(h, device=xb.device))[:, :, None]   # n x h x 1
-            cols = (left[:, None] + torch.arange(w, device=xb.device))[:, None, :]  # n x 1 x w
-            batch = torch.arange(n, device=xb.device)[:, None, None]
-            xb = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
+        """One gather does the crop and the flip: output pixel (i, j) of image k is padded
+        pixel (top_k + i, left_k + j), or (top_k + i, left_k + w - 1 - j) if k is flipped."""
+        n, c, h, w = xb.shape
+        pad = self.pad
+        if not pad and not self.flip:
+            return xb
+        source = F.pad(xb, (pad,) * 4, mode="reflect") if pad else xb
+        top = left = torch.zeros(n, 1, 1, dtype=torch.long)
+        if pad:
+            top = torch.randint(0, 2 * pad + 1, (n, 1, 1), generator=generator)
+            left = torch.randint(0, 2 * pad + 1, (n, 1, 1), generator=generator)
+        cols = torch.arange(w).expand(n, 1, w)
         if self.flip:
-            flipped = (torch.rand(n, generator=generator) < 0.5).to(xb.device)
-            xb = torch.where(flipped[:, None, None, None], xb.flip(3), xb)
-        return xb.contiguous()
+            flipped = (torch.rand(n, generator=generator) < 0.5).view(n, 1, 1)
+            cols = torch.where(flipped, w - 1 - cols, cols)
+        rows = torch.arange(h).view(1, h, 1)
+        index = ((top + rows) * (w + 2 * pad) + left + cols).view(n, 1, h * w).to(xb.device)
+        return source.flatten(2).gather(2, index.expand(n, c, h * w)).view(n, c, h, w)
 
 
 class TrainingHooks:

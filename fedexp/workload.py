@@ -18,6 +18,12 @@ from .models import set_weights
 from .training import BatchAugment, Normalizer
 
 
+def loss_from(cfg) -> Callable:
+    """The training objective (`loss`), cross-entropy unless the config names another;
+    `cfg` is the config or its plain-container copy (a client worker's)."""
+    return instantiate(cfg["loss"]) if cfg.get("loss") else F.cross_entropy
+
+
 def resolve_device(kind: str) -> torch.device:
     if kind == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -58,8 +64,7 @@ class Workload:
         return Normalizer(self.cfg.dataset.mean, self.cfg.dataset.std, self.device)
 
     def criterion(self) -> Callable:
-        """The training objective (`loss`), cross-entropy unless the config names another."""
-        return instantiate(self.cfg.loss) if self.cfg.get("loss") else F.cross_entropy
+        return loss_from(self.cfg)
 
     def augment(self) -> BatchAugment | None:
         return BatchAugment.from_config(self.cfg.dataset.get("augment"))

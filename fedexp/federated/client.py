@@ -30,6 +30,7 @@ from hydra.utils import instantiate
 
 from ..models import get_weights, set_weights
 from ..training import BatchAugment, DivergedError, Normalizer, evaluate, train
+from ..workload import loss_from
 from .faults import InjectedClientFailure, fit_fails
 from .methods.base import ClientMethod, ClientState, LocalFit
 from .payload import ModelLayout
@@ -78,7 +79,7 @@ class ClientKit:
         model = instantiate(cfg["model"]).to(device)
         return cls(model, ModelLayout.of(model),
                    Normalizer(cfg["dataset"]["mean"], cfg["dataset"]["std"], device),
-                   instantiate(cfg["loss"]) if cfg.get("loss") else torch.nn.functional.cross_entropy,
+                   loss_from(cfg),
                    BatchAugment.from_config(cfg["dataset"].get("augment")), method_factory(cfg))
 
 

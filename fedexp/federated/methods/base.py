@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from flwr.common import ArrayRecord, RecordDict, parameters_to_ndarrays
+from flwr.common import ArrayRecord, FitIns, RecordDict, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server.strategy import FedAvg
 
 from ...training import TrainingHooks
-from ..payload import ModelLayout
+from ..payload import ModelLayout, with_extras
 
 
 class ClientState:
@@ -132,10 +132,6 @@ class FedAvgBased(FedAvg):
         self.num_clients = 0
 
     def configure_fit(self, server_round, parameters, client_manager):
-        from flwr.common import FitIns
-
-        from ..payload import with_extras
-
         self.global_weights = parameters_to_ndarrays(parameters)
         if self.layout is None:
             self.layout = ModelLayout.of_arrays(self.global_weights)
@@ -161,8 +157,6 @@ class FedAvgBased(FedAvg):
         return out
 
     def aggregate_fit(self, server_round, results, failures):
-        from flwr.common import ndarrays_to_parameters
-
         if not results or (failures and not self.accept_failures):
             return None, {}
         updates = self.updates(results)

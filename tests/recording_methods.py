@@ -1,0 +1,39 @@
+"""Client halves that log what they find in their state, for tests of real simulations.
+
+Named by `strategy.client._target_=recording_methods.RecordingScaffoldClient` with
+`+strategy.client.log_dir=DIR`: every fit, in whichever Ray worker runs it, appends one
+line to DIR/<pid>.jsonl with the client's partition, the round, and digests of the
+control variate it found in its state and of the one it left there.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from fedexp.federated.methods.scaffold import STATE_KEY, ScaffoldClient
+
+
+def digest(arrays) -> str | None:
+    if arrays is None:
+        return None
+    return hashlib.sha256(b"".join(a.tobytes() for a in arrays)).hexdigest()
+
+
+class RecordingScaffoldClient(ScaffoldClient):
+    def __init__(self, log_dir: str):
+        self.log_dir = Path(log_dir)
+
+    def before_fit(self, fit):
+        super().before_fit(fit)
+        self.found = digest(fit.state.get(STATE_KEY))
+
+    def after_fit(self, fit):
+        sent = super().after_fit(fit)
+        line = {"partition": int(fit.config["partition_id"]), "round": int(fit.config["server_round"]),
+                "found": self.found, "left": digest(fit.state.get(STATE_KEY)),
+                "nonzero": bool(any(a.any() for a in fit.state.get(STATE_KEY)))}
+        with open(self.log_dir / f"{os.getpid()}.jsonl", "a") as f:
+            f.write(json.dumps(line) + "\n")
+        return sent
