@@ -27,10 +27,11 @@ def test_wheel_install_finds_configs_from_any_directory(tmp_path):
     assert probe.returncode == 0, probe.stderr
     module_file, conf = probe.stdout.split()
     assert module_file.startswith(str(target)) and conf == str(target / "fedexp" / "conf")
-    shown = subprocess.run([sys.executable, "-m", "fedexp", "--cfg", "job", "experiment=tutorial"],
+    shown = subprocess.run([sys.executable, "-m", "fedexp", "--cfg", "job", "--resolve", "experiment=tutorial"],
                            cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120)
     assert shown.returncode == 0, shown.stderr
     assert "min_fit_clients: 10" in shown.stdout and "flwr.server.strategy.FedAvg" in shown.stdout
+    assert "min_evaluate_clients: 5" in shown.stdout  # the preset's "half of the clients"
     compare = subprocess.run([str(target / "bin" / "fedexp-compare"), str(elsewhere)],
                              cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120)
     assert compare.returncode == 2 and "no results.json in it or below it" in compare.stderr
