@@ -54,6 +54,7 @@ class BatchAugment:
 
     def __init__(self, crop_padding: int = 0, flip: bool = False):
         self.pad, self.flip = int(crop_padding), bool(flip)
+        self._tables: dict[int, torch.Tensor] = {}
 
     @classmethod
     def from_config(cls, node) -> "BatchAugment | None":
@@ -63,25 +64,32 @@ class BatchAugment:
         augment = cls(node.get("crop_padding", 0) or 0, node.get("flip", False))
         return augment if augment.pad or augment.flip else None
 
+    def _reflect(self, size: int) -> torch.Tensor:
+        """Padded coordinate -> source coordinate of reflect padding (cached per size)."""
+        if size not in self._tables:
+            pad, last = self.pad, size - 1
+            self._tables[size] = torch.tensor(
+                [abs(r - pad) if r - pad <= last else 2 * last - (r - pad) for r in range(size + 2 * pad)])
+        return self._tables[size]
+
     def __call__(self, xb: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """One gather does the crop and the flip: output pixel (i, j) of image k is padded
-        pixel (top_k + i, left_k + j), or (top_k + i, left_k + w - 1 - j) if k is flipped."""
+        """One gather does the padding, the crop and the flip: output pixel (i, j) of image k
+        is source pixel (R[top_k + i], R[left_k + j']), R the reflect padding's coordinate
+        map and j' = j, or w - 1 - j if image k is flipped."""
         n, c, h, w = xb.shape
-        pad = self.pad
-        if not pad and not self.flip:
+        if not self.pad and not self.flip:
             return xb
-        source = F.pad(xb, (pad,) * 4, mode="reflect") if pad else xb
-        top = left = torch.zeros(n, 1, 1, dtype=torch.long)
-        if pad:
-            top = torch.randint(0, 2 * pad + 1, (n, 1, 1), generator=generator)
-            left = torch.randint(0, 2 * pad + 1, (n, 1, 1), generator=generator)
-        cols = torch.arange(w).expand(n, 1, w)
+        rows, cols = torch.arange(h).expand(n, h), torch.arange(w).expand(n, w)
+        if self.pad:
+            top = torch.randint(0, 2 * self.pad + 1, (n, 1), generator=generator)
+            left = torch.randint(0, 2 * self.pad + 1, (n, 1), generator=generator)
         if self.flip:
-            flipped = (torch.rand(n, generator=generator) < 0.5).view(n, 1, 1)
+            flipped = (torch.rand(n, generator=generator) < 0.5).view(n, 1)
             cols = torch.where(flipped, w - 1 - cols, cols)
-        rows = torch.arange(h).view(1, h, 1)
-        index = ((top + rows) * (w + 2 * pad) + left + cols).view(n, 1, h * w).to(xb.device)
-        return source.flatten(2).gather(2, index.expand(n, c, h * w)).view(n, c, h, w)
+        if self.pad:
+            rows, cols = self._reflect(h)[top + rows], self._reflect(w)[left + cols]
+        index = (rows[:, :, None] * w + cols[:, None, :]).view(n, 1, h * w).to(xb.device)
+        return xb.flatten(2).gather(2, index.expand(n, c, h * w)).view(n, c, h, w)
 
 
 class TrainingHooks:
@@ -92,7 +100,10 @@ class TrainingHooks:
         return None
 
     def after_backward(self, model: nn.Module) -> None:
-        """Called between `backward` and `optimizer.step` (e.g. SCAFFOLD's gradient correction)."""
+        """Called between `backward` and `optimizer.step`: corrections to the gradient."""
+
+    def after_step(self, model: nn.Module) -> None:
+        """Called after `optimizer.step`: corrections to the weights (e.g. SCAFFOLD's)."""
 
 
 _NO_HOOKS = TrainingHooks()
@@ -139,6 +150,7 @@ def train(model: nn.Module, x, y, indices: np.ndarray, *, epochs: int, batch_siz
             (loss if extra is None else loss + extra).backward()
             hooks.after_backward(model)
             optimizer.step()
+            hooks.after_step(model)
             steps += 1
             value = loss.item()
             if not math.isfinite(value):

@@ -14,8 +14,8 @@ methods differ:
 
 `fit.state` is the client's own memory between the rounds it is sampled in (Flower's
 `Context.state` of its node); `fit.server_extras` are the arrays the strategy sent after
-the global model. The strategy reads the clients' extras back in `aggregate_fit`
-(`FedAvgBased.updates` splits each result into weights and extras).
+the global model. On the server, `FedAvgBased` reads each client's result as a
+`ClientUpdate` (its weights and extras apart) and hands them to the method's `new_global`.
 """
 from __future__ import annotations
 
@@ -105,18 +105,41 @@ class ClientMethod(TrainingHooks):
 
 @dataclass
 class ClientUpdate:
-    """One client's fit result, split into the model's arrays and the method's extras."""
+    """One client's fit result, split into the model's arrays and the method's extras.
+    `share` is its fraction of the round's training examples (FedAvg's weight)."""
 
     weights: list[np.ndarray]
     extras: list[np.ndarray]
     num_examples: int
     metrics: dict
+    share: float
+
+    def trained(self, layout: ModelLayout) -> list[np.ndarray]:
+        """The trained parameters, in float64 for the server's arithmetic."""
+        return [np.asarray(self.weights[i], np.float64) for i in layout.trained_indices]
+
+
+class Sum:
+    """Running float64 sums of lists of arrays: a round's results are read one client at a
+    time, so aggregating 1,000 clients holds one client's arrays, not 1,000."""
+
+    def __init__(self):
+        self.total: list[np.ndarray] | None = None
+        self.count = 0
+
+    def add(self, arrays, weight: float = 1.0) -> None:
+        arrays = [weight * np.asarray(a, np.float64) for a in arrays]
+        self.total = arrays if self.total is None else [t + a for t, a in zip(self.total, arrays)]
+        self.count += 1
+
+    def mean(self) -> list[np.ndarray]:
+        return [t / self.count for t in self.total]
 
 
 class FedAvgBased(FedAvg):
     """The server half of methods that keep FedAvg's sampling and instructions and replace
     only the update of the global model (`new_global`) and, if they need to, what is sent
-    with it (`extras_for_clients`).
+    with it (`extras_for_clients`, `settings_for_clients`).
 
     `model_layout` is passed by fedexp (see strategies.py): it says which arrays are
     trained parameters. Those get the method's update; BatchNorm's running statistics
@@ -149,41 +172,34 @@ class FedAvgBased(FedAvg):
         """Settings added to every fit instruction (the method's own keys)."""
         return {}
 
-    def updates(self, results) -> list[ClientUpdate]:
-        out = []
-        for _, res in results:
-            weights, extras = self.layout.split(parameters_to_ndarrays(res.parameters))
-            out.append(ClientUpdate(weights, extras, res.num_examples, dict(res.metrics)))
-        return out
-
     def aggregate_fit(self, server_round, results, failures):
         if not results or (failures and not self.accept_failures):
             return None, {}
-        updates = self.updates(results)
-        new = self.buffers_mean(updates)
-        for i, value in zip(self.layout.trained_indices, self.new_global(updates)):
+        buffers = [i for i, trained in enumerate(self.layout.trainable) if not trained]
+        buffer_mean = Sum()
+
+        def updates():
+            total = sum(res.num_examples for _, res in results)
+            for _, res in results:
+                weights, extras = self.layout.split(parameters_to_ndarrays(res.parameters))
+                share = res.num_examples / total if total else 1 / len(results)
+                buffer_mean.add([weights[i] for i in buffers], share)
+                yield ClientUpdate(weights, extras, res.num_examples, dict(res.metrics), share)
+
+        new = [None] * len(self.layout)
+        for i, value in zip(self.layout.trained_indices, self.new_global(updates())):
+            new[i] = value
+        for i, value in zip(buffers, buffer_mean.total or []):
             new[i] = value
         metrics = {}
         if self.fit_metrics_aggregation_fn:
             metrics = self.fit_metrics_aggregation_fn([(r.num_examples, r.metrics) for _, r in results])
         return ndarrays_to_parameters(new), metrics
 
-    def new_global(self, updates: list[ClientUpdate]) -> list[np.ndarray]:
-        """The new values of the trained parameters (in `layout.trained_indices` order)."""
+    def new_global(self, updates) -> list[np.ndarray]:
+        """The new values of the trained parameters (in `layout.trained_indices` order),
+        from `updates`: the round's ClientUpdates, to be read once, one at a time."""
         raise NotImplementedError
-
-    def buffers_mean(self, updates: list[ClientUpdate]) -> list[np.ndarray | None]:
-        """The entries that are not trained parameters (BatchNorm's statistics and
-        counters) as FedAvg's example-weighted mean of the clients' values; None for the
-        trained ones, which the method's update fills in."""
-        total = sum(u.num_examples for u in updates)
-        share = [u.num_examples / total if total else 1 / len(updates) for u in updates]
-        return [None if trained else sum(s * np.asarray(u.weights[i], np.float64) for s, u in zip(share, updates))
-                for i, trained in enumerate(self.layout.trainable)]
 
     def global_trained(self) -> list[np.ndarray]:
         return [np.asarray(self.global_weights[i], np.float64) for i in self.layout.trained_indices]
-
-    @staticmethod
-    def trained_of(update: ClientUpdate, layout: ModelLayout) -> list[np.ndarray]:
-        return [np.asarray(update.weights[i], np.float64) for i in layout.trained_indices]

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import ClientMethod, ClientUpdate, FedAvgBased, LocalFit
+from .base import ClientMethod, FedAvgBased, LocalFit, Sum
 
 STATE_KEY = "feddyn.grad"
 
@@ -64,11 +64,14 @@ class FedDyn(FedAvgBased):
     def settings_for_clients(self) -> dict:
         return {"alpha": float(self.alpha)}
 
-    def new_global(self, updates: list[ClientUpdate]) -> list[np.ndarray]:
+    def new_global(self, updates) -> list[np.ndarray]:
         x = self.global_trained()
-        thetas = [self.trained_of(u, self.layout) for u in updates]
+        thetas = Sum()
+        for u in updates:
+            thetas.add(u.trained(self.layout))
         if self.h is None:
             self.h = [np.zeros_like(xj) for xj in x]
-        m = max(self.num_clients, len(updates))
-        self.h = [h - self.alpha * sum(t[j] - x[j] for t in thetas) / m for j, h in enumerate(self.h)]
-        return [np.mean([t[j] for t in thetas], axis=0) - h / self.alpha for j, h in enumerate(self.h)]
+        m = max(self.num_clients, thetas.count)
+        # sum_k (theta_k - x) = sum_k theta_k - |P| x
+        self.h = [h - self.alpha * (t - thetas.count * xj) / m for h, t, xj in zip(self.h, thetas.total, x)]
+        return [t / thetas.count - h / self.alpha for t, h in zip(thetas.total, self.h)]

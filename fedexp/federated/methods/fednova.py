@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import ClientMethod, ClientUpdate, FedAvgBased, LocalFit
+from .base import ClientMethod, FedAvgBased, LocalFit, Sum
 
 A_KEY = "fednova_a"
 
@@ -55,16 +55,14 @@ class FedNova(FedAvgBased):
     def __repr__(self) -> str:
         return "FedNova()"
 
-    def new_global(self, updates: list[ClientUpdate]) -> list[np.ndarray]:
-        missing = [u for u in updates if A_KEY not in u.metrics]
-        if missing:
-            raise RuntimeError(f"FedNova: a client did not report '{A_KEY}' "
-                               "(its client half must be FedNovaClient)")
-        total = sum(u.num_examples for u in updates)
-        p = [u.num_examples / total for u in updates]
-        a = [float(u.metrics[A_KEY]) for u in updates]
-        tau_eff = sum(pi * ai for pi, ai in zip(p, a))
+    def new_global(self, updates) -> list[np.ndarray]:
         x = self.global_trained()
-        ys = [self.trained_of(u, self.layout) for u in updates]
-        return [x[j] - tau_eff * sum(pi * (x[j] - y[j]) / ai for pi, ai, y in zip(p, a, ys))
-                for j in range(len(x))]
+        tau_eff, direction = 0.0, Sum()
+        for u in updates:
+            if A_KEY not in u.metrics:
+                raise RuntimeError(f"FedNova: a client did not report '{A_KEY}' "
+                                   "(its client half must be FedNovaClient)")
+            a = float(u.metrics[A_KEY])
+            tau_eff += u.share * a
+            direction.add([xj - y for xj, y in zip(x, u.trained(self.layout))], u.share / a)
+        return [xj - tau_eff * d for xj, d in zip(x, direction.total)]
