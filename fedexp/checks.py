@@ -27,6 +27,42 @@ def _need(ok: bool, setting: str, value, allowed: str) -> None:
         raise ConfigError(f"{setting}={value} is not allowed: {allowed}")
 
 
+def first_line(error: BaseException) -> str:
+    """The innermost cause's first line: Hydra wraps errors in paragraphs of its own."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def importable(setting: str, target) -> object:
+    """The object `_target_` names, or one ConfigError line saying why it cannot be imported."""
+    import logging as _logging
+
+    from hydra.utils import get_object
+
+    hydra_log = _logging.getLogger("hydra.utils")  # it logs the traceback we turn into one line
+    level, hydra_log.level = hydra_log.level, _logging.CRITICAL
+    try:
+        return get_object(target)
+    except Exception as e:
+        raise ConfigError(f"{setting}._target_={target} cannot be imported ({first_line(e)})") from None
+    finally:
+        hydra_log.setLevel(level)
+
+
+def build(setting: str, node, context: str = "", **kwargs):
+    """`instantiate(node)`, any failure turned into one ConfigError line naming `setting`."""
+    from hydra.utils import instantiate
+
+    importable(setting, node.get("_target_"))
+    try:
+        return instantiate(node, **kwargs)
+    except Exception as e:
+        raise ConfigError(f"{setting} ({node.get('_target_')}) cannot be built{context}: "
+                          f"{first_line(e)}") from None
+
+
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -114,14 +150,8 @@ def _check_model(cfg: DictConfig) -> None:
     """Build the model once (cheap) so a model/dataset mismatch or a checkpoint of another
     model is reported now, not by a Ray worker."""
     import torch
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
 
-    try:
-        model = instantiate(cfg.model)
-    except InstantiationException as e:
-        raise ConfigError(f"model ({cfg.model._target_}) cannot be built for "
-                          f"dataset={cfg.dataset.name}: {e.__cause__ or e}") from None
+    model = build("model", cfg.model, f" for dataset={cfg.dataset.name}")
     ckpt = cfg.get("init_checkpoint")
     if not ckpt:
         return model
@@ -151,13 +181,7 @@ def _check_model(cfg: DictConfig) -> None:
 def _check_loss(cfg: DictConfig) -> None:
     if not cfg.get("loss"):
         return
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
-
-    try:
-        loss = instantiate(cfg.loss)
-    except InstantiationException as e:
-        raise ConfigError(f"loss ({cfg.loss.get('_target_')}) cannot be built: {e.__cause__ or e}") from None
+    loss = build("loss", cfg.loss)
     _need(callable(loss), "loss._target_", cfg.loss.get("_target_"), "a loss, e.g. torch.nn.CrossEntropyLoss")
 
 

@@ -19,11 +19,11 @@ from collections.abc import Callable
 import torch
 from flwr.common import ndarrays_to_parameters
 from flwr.server.strategy import Strategy
-from hydra.errors import InstantiationException
-from hydra.utils import get_object, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from ..checks import ConfigError
+from ..checks import ConfigError, first_line, importable
+from ..checks import build as build_checked
 from ..models import get_weights
 from .payload import ModelLayout
 
@@ -84,16 +84,7 @@ def build(cfg: DictConfig, model: torch.nn.Module, evaluate_fn: Callable | None 
     node = strategy_node(cfg.strategy)
     hooks = server_hooks(cfg, model, evaluate_fn)
     target = node.get("_target_")
-    hydra_log = logging.getLogger("hydra.utils")  # it logs the traceback we turn into one line
-    level, hydra_log.level = hydra_log.level, logging.CRITICAL
-    try:
-        factory = get_object(target)
-    except Exception as e:  # ImportError, AttributeError, ...
-        cause = str(e.__cause__ or e).splitlines()[0]
-        raise ConfigError(f"strategy._target_={target} cannot be imported ({cause}): name a "
-                          "Strategy class by its import path, e.g. flwr.server.strategy.FedAvg") from None
-    finally:
-        hydra_log.setLevel(level)
+    factory = importable("strategy", target)
     try:
         params = inspect.signature(factory).parameters
     except (TypeError, ValueError):  # no introspectable signature: offer everything
@@ -108,11 +99,8 @@ def build(cfg: DictConfig, model: torch.nn.Module, evaluate_fn: Callable | None 
         # The hooks go to the constructor as they are: through instantiate's kwargs, Hydra
         # would turn dataclasses (Parameters, ModelLayout) into configs.
         strategy = instantiate(node, _partial_=True)(**accepted)
-    except InstantiationException as e:
-        raise ConfigError(f"strategy ({target}) cannot be built from its settings: "
-                          f"{e.__cause__ or e}") from None
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"strategy ({target}) cannot be built from its settings: {e}") from None
+    except Exception as e:
+        raise ConfigError(f"strategy ({target}) cannot be built from its settings: {first_line(e)}") from None
     if not isinstance(strategy, Strategy):
         raise ConfigError(f"strategy._target_={target} built a {type(strategy).__name__}, "
                           "not a flwr.server.strategy.Strategy")
@@ -121,16 +109,12 @@ def build(cfg: DictConfig, model: torch.nn.Module, evaluate_fn: Callable | None 
 
 def check_client_half(cfg: DictConfig) -> None:
     """Build the client half (`strategy.client`) once, so a bad setting fails before Ray."""
-    from .client import method_factory
     from .methods.base import ClientMethod
 
     node = cfg.strategy.get("client")
-    try:
-        method = method_factory(OmegaConf.to_container(cfg, resolve=True))()
-    except Exception as e:
-        cause = e.__cause__ if isinstance(e, InstantiationException) and e.__cause__ else e
-        raise ConfigError(f"strategy.client ({node.get('_target_') if node else None}) cannot be built: "
-                          f"{str(cause).splitlines()[0] if str(cause) else type(cause).__name__}") from None
+    if not node:
+        return
+    method = build_checked("strategy.client", node)
     if not isinstance(method, ClientMethod):
         raise ConfigError(f"strategy.client._target_={node.get('_target_')} built a "
                           f"{type(method).__name__}, not a fedexp.federated.methods.ClientMethod")
