@@ -100,6 +100,7 @@ def check(cfg: DictConfig) -> None:
         v = cfg.faults[key]
         _need(_is_number(v) and 0 <= v <= 1, f"faults.{key}", v, "a fraction in [0, 1]")
     _check_augment(cfg)
+    _check_evaluation(cfg)
     _check_device(cfg)
     _check_dataset_path(cfg)
     _check_partitioner(cfg)
@@ -137,6 +138,17 @@ def _check_augment(cfg: DictConfig) -> None:
           pad, f"an integer from 0 (no crops) to dataset.image_size - 1 = {size - 1 if _is_int(size) else '?'}")
     flip = augment.get("flip", False)
     _need(isinstance(flip, bool), "dataset.augment.flip", flip, "true or false")
+
+
+def _check_evaluation(cfg: DictConfig) -> None:
+    every = (cfg.get("evaluation") or {}).get("all_clients_every", 0)
+    _need(_is_int(every) and every >= 0, "evaluation.all_clients_every", every,
+          "an integer >= 0 (0 = off, K = every K rounds and after the last)")
+    where = cfg.simulation.get("client_state", "auto")
+    _need(where in ("auto", "memory", "disk"), "simulation.client_state", where, "auto, memory or disk")
+    if where == "disk" and cfg.simulation.ray_address:
+        log.warning("simulation.client_state=disk with simulation.ray_address: the clients' state is "
+                    "written under the run directory, which every machine of the cluster must see")
 
 
 def _check_dataset_path(cfg: DictConfig) -> None:
@@ -352,7 +364,7 @@ def _build_method(cfg: DictConfig, model) -> None:
     from .federated import strategies
 
     strategies.build(cfg, model, warn=False)
-    strategies.check_client_half(cfg)
+    strategies.check_client_half(cfg, model)
     note = strategies.local_solver_note(cfg)
     if note:
         log.warning(note)

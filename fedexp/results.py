@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 STATUSES = ("running", "completed", "failed", "diverged", "interrupted")
+CLIENT_COLUMNS = ["round", "client", "examples", "loss", "accuracy"]
 STEP_KEY = {"federated": "rounds", "centralized": "epochs"}
 CSV_COLUMNS = {
     "federated": ["round", "fit_clients", "fit_failures", "evaluate_clients", "train_loss",
@@ -116,6 +117,20 @@ class RunResults:
                 w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in cols})
             atomic_write(self.dir / "metrics.csv", buf.getvalue())
 
+    def add_clients(self, rows: list[dict]) -> None:
+        """Append one evaluation of all clients to clients.csv (round, client, examples,
+        loss, accuracy; empty where a client had no validation data). Appended, not
+        rewritten: the file grows by one block of rows per evaluation."""
+        path = self.dir / "clients.csv"
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=CLIENT_COLUMNS, extrasaction="ignore")
+        if not path.exists():
+            w.writeheader()
+        for row in rows:
+            w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in CLIENT_COLUMNS})
+        with self._lock, open(path, "a") as f:
+            f.write(buf.getvalue())
+
     def save_model(self, model) -> Path:
         """model.pt: the model's state_dict, written atomically like the rest."""
         import torch
@@ -148,6 +163,8 @@ class RunResults:
                 points = [(x, y) for x, y in points if y is not None]
                 if points:
                     ax.plot(*zip(*points), marker="o", label=label)
+            if metric == "accuracy":
+                self._plot_all_clients(ax, key)
             ax.set_xlabel(key)
             ax.set_title(metric)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -160,6 +177,22 @@ class RunResults:
         fig.savefig(out, dpi=100)
         plt.close(fig)
         return out
+
+    def _plot_all_clients(self, ax, key: str) -> None:
+        """Every client's accuracy, where all clients were evaluated: the mean, the 10th
+        percentile and the band from the worst to the best client."""
+        evaluated = [(s[key], s["all_clients"]) for s in self.steps
+                     if (s.get("all_clients") or {}).get("mean_accuracy") is not None]
+        if not evaluated:
+            return
+        x = [r for r, _ in evaluated]
+        model = evaluated[0][1].get("model", "global")
+        ax.fill_between(x, [a["min_accuracy"] for _, a in evaluated], [a["max_accuracy"] for _, a in evaluated],
+                        alpha=0.15, color="tab:purple", label=f"all clients ({model} models): worst to best")
+        ax.plot(x, [a["mean_accuracy"] for _, a in evaluated], color="tab:purple", marker="s",
+                label="all clients: mean")
+        ax.plot(x, [a["p10_accuracy"] for _, a in evaluated], color="tab:purple", linestyle="--",
+                label="all clients: 10th percentile")
 
     def _describe(self) -> str:
         """The run's command-line overrides (Hydra's snapshot), else its directory."""

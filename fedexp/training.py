@@ -121,6 +121,10 @@ def _as_tensor(a) -> torch.Tensor:
     return torch.from_numpy(a)
 
 
+def _has_batch_norm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
 def _is_classification(y: torch.Tensor) -> bool:
     return not torch.is_floating_point(y)
 
@@ -135,11 +139,16 @@ def train(model: nn.Module, x, y, indices: np.ndarray, *, epochs: int, batch_siz
     idx = torch.as_tensor(indices, dtype=torch.long)
     classify = _is_classification(y)
     model.train()
+    starts = list(range(0, len(idx), batch_size))
+    if len(idx) % batch_size == 1 and len(starts) > 1 and _has_batch_norm(model):
+        # BatchNorm cannot normalise a batch of one example: it joins the batch before it.
+        starts.pop()
+    ends = starts[1:] + [len(idx)]
     total_loss, correct, seen, steps = 0.0, 0, 0, 0
     for _ in range(epochs):
         order = idx[torch.randperm(len(idx), generator=generator)]
-        for start in range(0, len(order), batch_size):
-            b = order[start:start + batch_size]
+        for start, end in zip(starts, ends):
+            b = order[start:end]
             xb, yb = normalize(x[b]), y[b].to(normalize.device)
             if augment is not None:
                 xb = augment(xb, generator)

@@ -16,7 +16,7 @@ from flwr.server import Server
 from flwr.server.client_proxy import ClientProxy
 from omegaconf import OmegaConf
 
-from fedexp.federated import build_strategy
+from fedexp.federated import all_clients_evaluation, build_strategy
 from fedexp.federated.client import ClientKit, ClientSpec, FedexpClient
 from fedexp.federated.payload import ModelLayout
 from fedexp.federated.server import PartitionClientManager, ServerStrategy
@@ -48,20 +48,25 @@ class DirectProxy(ClientProxy):
         return DisconnectRes("")
 
 
-def run(cfg, client_cls=FedexpClient, client_cfg: dict | None = None, work: Workload | None = None):
+def run(cfg, client_cls=FedexpClient, client_cfg: dict | None = None, work: Workload | None = None,
+        state_dir=None, client_rows: list | None = None):
     """Run `cfg`'s federated experiment; return (ServerStrategy, list of round records,
     the clients' proxies, each with its `state`).
 
     `client_cfg` replaces the clients' own copy of the config (to show they follow the
-    server's instructions instead); `work` replaces the data `cfg` would load."""
+    server's instructions instead); `work` replaces the data `cfg` would load; with
+    `state_dir` the clients keep their state in files there; `client_rows` receives the
+    per-client rows of every evaluation of all clients (clients.csv's)."""
     work = work or Workload.build(cfg)
     model = work.new_model()
     manager = PartitionClientManager(cfg.seed)
     rounds: list[dict] = []
     strategy = ServerStrategy(build_strategy(work, model), manager, lambda r: rounds.append(dict(r)),
-                              seed=cfg.seed, layout=ModelLayout.of(model))
+                              seed=cfg.seed, layout=ModelLayout.of(model),
+                              all_clients=all_clients_evaluation(cfg),
+                              on_clients=(client_rows if client_rows is not None else []).extend)
     spec = ClientSpec(cfg=client_cfg or OmegaConf.to_container(cfg, resolve=True), data_ref=None,
-                      device="cpu", threads=1)
+                      device="cpu", threads=1, state_dir=str(state_dir) if state_dir else None)
     data = {"x": work.data.x_train, "y": work.data.y_train, "train": work.parts.train, "val": work.parts.val}
     proxies = []
     for i in range(cfg.num_clients):

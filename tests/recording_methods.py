@@ -12,7 +12,10 @@ import json
 import os
 from pathlib import Path
 
+from fedexp.federated.methods.ditto import STATE_KEY as PERSONAL
+from fedexp.federated.methods.ditto import DittoClient
 from fedexp.federated.methods.scaffold import STATE_KEY, ScaffoldClient
+from fedexp.models import get_weights
 
 
 def digest(arrays) -> str | None:
@@ -37,3 +40,28 @@ class RecordingScaffoldClient(ScaffoldClient):
         with open(self.log_dir / f"{os.getpid()}.jsonl", "a") as f:
             f.write(json.dumps(line) + "\n")
         return sent
+
+
+class RecordingDittoClient(DittoClient):
+    """Logs, per fit, the personal model it leaves; per evaluation, the global model it
+    received and the model it is evaluated with."""
+
+    def __init__(self, log_dir: str):
+        self.log_dir = Path(log_dir)
+
+    def _log(self, line: dict) -> None:
+        with open(self.log_dir / f"{os.getpid()}.jsonl", "a") as f:
+            f.write(json.dumps(line) + "\n")
+
+    def after_fit(self, fit):
+        sent = super().after_fit(fit)
+        self._log({"kind": "fit", "partition": int(fit.config["partition_id"]),
+                   "round": int(fit.config["server_round"]), "personal": digest(fit.state.get(PERSONAL))})
+        return sent
+
+    def before_evaluate(self, evaluation):
+        received = digest(get_weights(evaluation.model))
+        super().before_evaluate(evaluation)
+        self._log({"kind": "evaluate", "partition": int(evaluation.config["partition_id"]),
+                   "round": int(evaluation.config["server_round"]), "global": received,
+                   "evaluated": digest(get_weights(evaluation.model))})

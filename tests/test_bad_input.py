@@ -98,8 +98,9 @@ CASES = [
      "dataset=cifar100 is not allowed: the dataset options are cifar10, digits, fashion_mnist, "
      "image_folder, mnist", "config"),
     ("unknown strategy", ["strategy=nope"],
-     "strategy=nope is not allowed: the strategy options are fedadagrad, fedadam, fedavg, fedavgm, "
-     "feddyn, fedmedian, fednova, fedprox, fedtrimmedavg, fedyogi, krum, qfedavg, scaffold", "config"),
+     "strategy=nope is not allowed: the strategy options are ditto, fedadagrad, fedadam, fedavg, "
+     "fedavgm, fedbn, feddyn, fedmedian, fednova, fedper, fedprox, fedtrimmedavg, fedyogi, krum, "
+     "qfedavg, scaffold", "config"),
     ("unknown option in a sweep", ["-m", "model=cnn,nope"],
      "model=nope is not allowed: the model options are cnn, mlp", "config"),
     ("strategy rejects a setting", ["+strategy.no_such_option=1"],
@@ -125,6 +126,17 @@ CASES = [
      "dataset.image_size - 1 = 31", "config"),
     ("augment flip not a boolean", ["dataset.augment.flip=no"],
      "dataset.augment.flip=no is not allowed: true or false", "config"),
+    ("fedbn without batch norm", ["strategy=fedbn"],
+     "strategy.client (fedexp.federated.methods.fedbn.FedBNClient) cannot work with model "
+     "(fedexp.models.CNN): it has no BatchNorm layer for FedBN to keep local", "config"),
+    ("fedper head names no layer", ["strategy=fedper", "strategy.head=[nope]"],
+     "strategy (fedexp.federated.methods.fedper.FedPer) cannot be built from its settings: "
+     "strategy.head=['nope'] names no layer of the model (its top-level layers: conv1, conv2, fc1, "
+     "fc2, fc3)", "config"),
+    ("all clients every negative", ["evaluation.all_clients_every=-1"],
+     "evaluation.all_clients_every=-1 is not allowed: an integer >= 0", "config"),
+    ("client state nowhere", ["simulation.client_state=cloud"],
+     "simulation.client_state=cloud is not allowed: auto, memory or disk", "config"),
     ("unknown setting", ["num_client=3"],
      "num_client is not a fedexp setting (a typo? `fedexp --cfg job` lists every setting", "config"),
     ("num_clients above examples", ["num_clients=2000"],

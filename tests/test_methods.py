@@ -32,7 +32,7 @@ from fedexp.federated.payload import ModelLayout, with_extras
 from fedexp.federated.server import PartitionClientManager, ServerStrategy
 from fedexp.workload import Workload
 
-LINEAR = ("model._target_=torch.nn.Linear", "~model.channels", "~model.image_size",
+LINEAR = ("model._target_=torch.nn.Linear", "~model.channels", "~model.image_size", "~model.batch_norm",
           "~model.num_classes", "+model.in_features=2", "+model.out_features=1", "+model.bias=false",
           "loss._target_=torch.nn.MSELoss", "optimizer=sgd", "batch_size=1000",
           "strategy.fraction_evaluate=0", "strategy.min_evaluate_clients=0")

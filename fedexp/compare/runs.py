@@ -64,6 +64,26 @@ class Run:
         return max(seen) if seen else None
 
     @property
+    def all_clients(self) -> dict:
+        """The last evaluation of every client (results.json's `all_clients`), or {}."""
+        for s in reversed(self.steps):
+            if isinstance(s.get("all_clients"), dict):
+                return s["all_clients"]
+        return {}
+
+    @property
+    def clients_mean_accuracy(self) -> float | None:
+        return self.all_clients.get("mean_accuracy")
+
+    @property
+    def clients_p10_accuracy(self) -> float | None:
+        return self.all_clients.get("p10_accuracy")
+
+    @property
+    def clients_min_accuracy(self) -> float | None:
+        return self.all_clients.get("min_accuracy")
+
+    @property
     def wall_seconds(self) -> float:
         return self.results["wall_seconds"]
 

@@ -176,6 +176,15 @@ def _desc(v: float | None) -> tuple:
 
 METRICS = [("final test acc", "final_accuracy", ".4f"), ("best test acc", "best_accuracy", ".4f"),
            ("final test loss", "final_loss", ".4f")]
+# Shown when some run evaluated every client (evaluation.all_clients_every): the mean over
+# clients and the worst tail, from the last such evaluation.
+CLIENT_METRICS = [("clients mean acc", "clients_mean_accuracy", ".4f"),
+                  ("clients p10 acc", "clients_p10_accuracy", ".4f"),
+                  ("clients min acc", "clients_min_accuracy", ".4f")]
+
+
+def metrics(runs: list[Run]) -> list[tuple[str, str, str]]:
+    return METRICS + (CLIENT_METRICS if any(r.all_clients for r in runs) else [])
 
 
 def _fmt(v, spec: str) -> str:
@@ -186,26 +195,28 @@ def run_rows(settings: Settings) -> tuple[list[str], list[list[str]], list[int]]
     """Header and text rows of the run table, best final test accuracy first; the order."""
     order = sorted(range(len(settings.runs)),
                    key=lambda i: (_desc(settings.runs[i].final_accuracy), settings.runs[i].name))
-    header = ["run", *settings.columns, "status", "mode", "rounds"] + [m[0] for m in METRICS] + ["wall s"]
+    shown = metrics(settings.runs)
+    header = ["run", *settings.columns, "status", "mode", "rounds"] + [m[0] for m in shown] + ["wall s"]
     rows = []
     for i in order:
         r = settings.runs[i]
         rounds = str(len(r.steps)) + (" ep" if r.mode == "centralized" else "")
         rows.append([r.name, *["" if v is None else v for v in settings.of_run(i).values()],
                      r.status, str(r.mode), rounds]
-                    + [_fmt(getattr(r, attr), spec) for _, attr, spec in METRICS]
+                    + [_fmt(getattr(r, attr), spec) for _, attr, spec in shown]
                     + [_fmt(r.wall_seconds, ".1f")])
     return header, rows, order
 
 
 def group_rows(settings: Settings, groups: list[SeedGroup]) -> tuple[list[str], list[list[str]]]:
     columns = [c for c in settings.columns if c != "seed"]
-    header = [*columns, "mode", "seeds", "n"] + [m[0] for m in METRICS] + ["wall s"]
+    shown = metrics(settings.runs)
+    header = [*columns, "mode", "seeds", "n"] + [m[0] for m in shown] + ["wall s"]
     rows = []
     for g in groups:
         n = f"{len(g.completed)}" if len(g.completed) == len(g.runs) else f"{len(g.completed)} of {len(g.runs)}"
         rows.append([*["" if g.settings[c] is None else g.settings[c] for c in columns], g.mode,
-                     g.seeds, n] + [g.stat(attr).text(spec) for _, attr, spec in METRICS]
+                     g.seeds, n] + [g.stat(attr).text(spec) for _, attr, spec in shown]
                     + [_fmt(g.stat("wall_seconds").mean, ".1f")])
     return header, rows
 
@@ -237,18 +248,20 @@ def csv_rows(settings: Settings, groups: list[SeedGroup]) -> tuple[list[str], li
     _, _, order = run_rows(settings)
     group_of = {id(r): g for g in groups for r in g.runs}
     with_groups = any(len(g.runs) > 1 for g in groups)
+    clients = [attr for _, attr, _ in metrics(settings.runs)[len(METRICS):]]
     header = ["run", *settings.columns, "status", "mode", "rounds", "final_test_accuracy",
-              "best_test_accuracy", "final_test_loss", "wall_seconds", "error", "path"]
-    stats = ["final_accuracy", "best_accuracy", "final_loss"]
+              "best_test_accuracy", "final_test_loss", *clients, "wall_seconds", "error", "path"]
+    stats = ["final_accuracy", "best_accuracy", "final_loss", *clients]
     if with_groups:
         header += ["seed_group", "group_runs"] + [
-            f"group_{m}_{s}" for m in ("final_test_accuracy", "best_test_accuracy", "final_test_loss")
+            f"group_{m}_{s}" for m in ("final_test_accuracy", "best_test_accuracy", "final_test_loss", *clients)
             for s in ("mean", "std")]
     rows = []
     for i in order:
         r = settings.runs[i]
         row = [r.name, *["" if v is None else v for v in settings.of_run(i).values()], r.status,
                r.mode, len(r.steps), r.final_accuracy, r.best_accuracy, r.final_loss,
+               *[getattr(r, attr) for attr in clients],
                r.wall_seconds, r.results.get("error", ""), str(r.dir)]
         if with_groups:
             g = group_of[id(r)]

@@ -13,6 +13,7 @@ model is written as model.pt and results.json says how it ended.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 from flwr.server import Server, ServerAppComponents, ServerConfig
@@ -28,7 +29,7 @@ from ..workload import Workload
 from . import strategies
 from .client import ClientSpec, make_client_app
 from .payload import ModelLayout
-from .server import PartitionClientManager, RunEnded, ServerStrategy
+from .server import AllClientsEvaluation, PartitionClientManager, RunEnded, ServerStrategy
 from .simulation import ray_session, run_engine
 
 
@@ -49,6 +50,23 @@ def build_strategy(work: Workload, model: torch.nn.Module):
     return strategies.build(cfg, model, evaluate_fn)
 
 
+def all_clients_evaluation(cfg) -> AllClientsEvaluation | None:
+    every = int(cfg.get("evaluation", {}).get("all_clients_every", 0) or 0)
+    if every <= 0:
+        return None
+    return AllClientsEvaluation(every, cfg.num_rounds, strategies.evaluate_config_fn(cfg),
+                                personal=strategies.is_personal(cfg))
+
+
+def state_dir(cfg, run_dir: Path) -> str | None:
+    """Where clients keep their state between rounds: None for Flower's `Context.state` (in
+    this process's memory), else a folder of the run directory (see DiskClientState)."""
+    where = cfg.simulation.get("client_state", "auto")
+    if where == "memory" or (where == "auto" and cfg.simulation.ray_address):
+        return None
+    return str(Path(run_dir) / "client_state")
+
+
 def run(work: Workload, results: RunResults) -> torch.nn.Module:
     cfg = work.cfg
     model = work.new_model()
@@ -59,7 +77,8 @@ def run(work: Workload, results: RunResults) -> torch.nn.Module:
         progress.round_line(record, cfg.num_rounds, results.steps)
 
     strategy = ServerStrategy(build_strategy(work, model), manager, on_round, seed=cfg.seed,
-                              straggler_rate=float(cfg.faults.straggler_rate), layout=ModelLayout.of(model))
+                              straggler_rate=float(cfg.faults.straggler_rate), layout=ModelLayout.of(model),
+                              all_clients=all_clients_evaluation(cfg), on_clients=results.add_clients)
     server = Server(client_manager=manager, strategy=strategy)
     # Flower's compat layer sends each client's instruction from its own thread and polls
     # for the reply every 0.1 s; its default pool (cores + 4 threads) leaves Ray workers
@@ -79,7 +98,8 @@ def run(work: Workload, results: RunResults) -> torch.nn.Module:
             data_ref = session.ray.put({"x": work.data.x_train, "y": work.data.y_train,
                                         "train": work.parts.train, "val": work.parts.val})
             spec = ClientSpec(cfg=OmegaConf.to_container(cfg, resolve=True), data_ref=data_ref,
-                              device=str(work.device), threads=max(1, int(client_cpus)))
+                              device=str(work.device), threads=max(1, int(client_cpus)),
+                              state_dir=state_dir(cfg, results.dir))
             resources = {"num_cpus": client_cpus, "num_gpus": client_gpus}
             slots = min(session.client_slots(resources), cfg.num_clients)
             strategy.wait_for_clients = lambda: session.wait_for_workers(slots, strategy.stop)

@@ -18,8 +18,11 @@ a crash, and its state stays as it was.
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
+from itertools import count
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,7 +35,7 @@ from ..models import get_weights, set_weights
 from ..training import BatchAugment, DivergedError, Normalizer, evaluate, train
 from ..workload import loss_from
 from .faults import InjectedClientFailure, fit_fails
-from .methods.base import ClientMethod, ClientState, LocalFit
+from .methods.base import ClientMethod, ClientState, DiskClientState, LocalEvaluation, LocalFit
 from .payload import ModelLayout
 
 _WORKER: dict[str, Any] = {}  # per worker process: what `ClientKit.build` made, per run
@@ -46,6 +49,7 @@ class ClientSpec:
     data_ref: Any       # Ray ObjectRef of {"x", "y", "train", "val"}
     device: str
     threads: int
+    state_dir: str | None = None  # clients keep their state in files here, else in Context.state
 
 
 def seed_for(seed: int, server_round: int, partition_id: int, salt: int = 0) -> int:
@@ -73,6 +77,7 @@ class ClientKit:
     criterion: Callable
     augment: BatchAugment | None
     new_method: Callable[[], ClientMethod]
+    _spare: torch.nn.Module | None = None
 
     @classmethod
     def build(cls, cfg: dict, device: torch.device) -> "ClientKit":
@@ -81,6 +86,12 @@ class ClientKit:
                    Normalizer(cfg["dataset"]["mean"], cfg["dataset"]["std"], device),
                    loss_from(cfg),
                    BatchAugment.from_config(cfg["dataset"].get("augment")), method_factory(cfg))
+
+    def spare_model(self) -> torch.nn.Module:
+        """A second model of the same shape (e.g. Ditto's personal model), made once."""
+        if self._spare is None:
+            self._spare = copy.deepcopy(self.model)
+        return self._spare
 
 
 def _worker_state(spec: ClientSpec) -> dict:
@@ -107,7 +118,12 @@ class FedexpClient(NumPyClient):
         self.spec, self.data = spec, data
         self.kit = kit or ClientKit.build(spec.cfg, torch.device(spec.device))
         self.model = self.kit.model
-        self.state = ClientState(state)
+        self.records = state
+
+    def _state(self, pid: int) -> ClientState:
+        if self.spec.state_dir:
+            return DiskClientState(Path(self.spec.state_dir) / str(pid))
+        return ClientState(self.records)
 
     def get_parameters(self, config):
         return get_weights(self.model)
@@ -124,29 +140,42 @@ class FedexpClient(NumPyClient):
                                         f"(faults.client_failure_rate={rate})")
         weights, extras = self.kit.layout.split(parameters)
         set_weights(self.model, weights)
-        torch.manual_seed(seed_for(seed, rnd, pid, 1))
-        optimizer = instantiate(self.spec.cfg["optimizer"], lr=float(config["lr"]))(self.model.parameters())
         train_idx = self.data["train"][pid]
         batch_eval = int(self.spec.cfg["eval_batch_size"])
-        local = LocalFit(self.model, optimizer, dict(config), weights, extras, self.state, self.kit.layout,
-                         evaluate_train=lambda: self._evaluate(train_idx, batch_eval))
+        passes = count()
+
+        def optimizer_for(model):
+            return instantiate(self.spec.cfg["optimizer"], lr=float(config["lr"]))(model.parameters())
+
+        def train_locally(model, hooks, optimizer) -> dict:
+            """One pass of local training with the round's settings. Each pass has seeded
+            streams of its own: the first (the global model's) the ones fedexp has always
+            used, a method's further passes (Ditto's personal model) others."""
+            k = next(passes)
+            order, init = (0, 1) if k == 0 else (10 + 2 * k, 11 + 2 * k)
+            torch.manual_seed(seed_for(seed, rnd, pid, init))
+            stats = train(model, self.data["x"], self.data["y"], train_idx,
+                          epochs=int(config["local_epochs"]), batch_size=int(config["batch_size"]),
+                          optimizer=optimizer, normalize=self.kit.normalize,
+                          generator=torch.Generator().manual_seed(seed_for(seed, rnd, pid, order)),
+                          criterion=self.kit.criterion, augment=self.kit.augment, hooks=hooks)
+            if not all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point()):
+                raise DivergedError("weights became NaN or infinite")
+            return stats
+
+        optimizer = optimizer_for(self.model)
+        local = LocalFit(self.model, optimizer, dict(config), weights, extras, self._state(pid), self.kit.layout,
+                         evaluate_train=lambda: self._evaluate(train_idx, batch_eval),
+                         train=lambda model, hooks: train_locally(model, hooks, optimizer_for(model)),
+                         spare_model=self.kit.spare_model)
         method = self.kit.new_method()
         method.before_fit(local)
         try:
-            stats = train(
-                self.model, self.data["x"], self.data["y"], train_idx,
-                epochs=int(config["local_epochs"]), batch_size=int(config["batch_size"]),
-                optimizer=optimizer, normalize=self.kit.normalize,
-                generator=torch.Generator().manual_seed(seed_for(seed, rnd, pid)),
-                criterion=self.kit.criterion, augment=self.kit.augment, hooks=method,
-            )
-            if not all(torch.isfinite(v).all() for v in self.model.state_dict().values()
-                       if v.is_floating_point()):
-                raise DivergedError("weights became NaN or infinite")
+            stats = train_locally(self.model, method, optimizer)
+            local.steps = stats["steps"]
+            sent = method.after_fit(local)
         except DivergedError as e:
             return [], 0, {"diverged": f"client {pid}, round {rnd}: {e}", "partition_id": pid}
-        local.steps = stats["steps"]
-        sent = method.after_fit(local)
         metrics = {"partition_id": pid, **local.metrics, "train_loss": stats["loss"]}
         if stats["accuracy"] is not None:
             metrics["train_accuracy"] = stats["accuracy"]
@@ -155,6 +184,8 @@ class FedexpClient(NumPyClient):
     def evaluate(self, parameters, config):
         pid = int(config["partition_id"])
         set_weights(self.model, self.kit.layout.split(parameters)[0])
+        self.kit.new_method().before_evaluate(
+            LocalEvaluation(self.model, dict(config), self._state(pid), self.kit.layout))
         stats = self._evaluate(self.data["val"][pid], int(config["eval_batch_size"]))
         if stats["examples"] == 0:
             # A client too small to hold validation data: weight 0, and no NaN, which would

@@ -25,14 +25,18 @@ class ModelLayout:
     shapes: tuple[tuple[int, ...], ...]
     dtypes: tuple[np.dtype, ...]
     trainable: tuple[bool, ...]
+    batch_norm: tuple[bool, ...]  # the entry belongs to a BatchNorm layer (FedBN keeps those local)
 
     @classmethod
     def of(cls, model: torch.nn.Module) -> "ModelLayout":
         params = {name for name, p in model.named_parameters() if p.requires_grad}
+        norms = {name for name, m in model.named_modules()
+                 if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
         state = model.state_dict()
         return cls(tuple(state), tuple(tuple(v.shape) for v in state.values()),
                    tuple(torch.empty(0, dtype=v.dtype).numpy().dtype for v in state.values()),
-                   tuple(name in params for name in state))
+                   tuple(name in params for name in state),
+                   tuple(name.rpartition(".")[0] in norms for name in state))
 
     def __len__(self) -> int:
         return len(self.names)
@@ -84,7 +88,12 @@ class ModelLayout:
         """A layout known only from arrays (a strategy that let a client initialise the
         model): every floating entry counts as trained."""
         return cls(tuple(str(i) for i in range(len(arrays))), tuple(a.shape for a in arrays),
-                   tuple(a.dtype for a in arrays), tuple(a.dtype.kind == "f" for a in arrays))
+                   tuple(a.dtype for a in arrays), tuple(a.dtype.kind == "f" for a in arrays),
+                   (False,) * len(arrays))
+
+    def under(self, prefixes) -> list[int]:
+        """The entries of the layers named by `prefixes` (e.g. "fc3" holds fc3.weight, fc3.bias)."""
+        return [i for i, n in enumerate(self.names) if any(n == p or n.startswith(f"{p}.") for p in prefixes)]
 
 
 def with_extras(parameters: Parameters, extras: list[np.ndarray]) -> Parameters:

@@ -50,6 +50,21 @@ def weighted_mean(metrics: list[tuple[int, dict]]) -> dict:
     return {k: sum(n * float(m[k]) for n, m in metrics if k in m) / total for k in sorted(keys)}
 
 
+def evaluate_config_fn(cfg: DictConfig) -> Callable[[int], dict]:
+    """What the server sends with every evaluation instruction."""
+
+    def evaluate_config(server_round: int) -> dict:
+        return {"server_round": server_round, "eval_batch_size": int(cfg.eval_batch_size)}
+
+    return evaluate_config
+
+
+def is_personal(cfg: DictConfig) -> bool:
+    """Whether the method's clients each evaluate a model of their own."""
+    node = cfg.strategy.get("client")
+    return bool(node) and bool(getattr(importable("strategy.client", node._target_), "personal", False))
+
+
 def server_hooks(cfg: DictConfig, model: torch.nn.Module, evaluate_fn: Callable | None) -> dict:
     """Everything fedexp offers a strategy's constructor, for the run `cfg` describes."""
 
@@ -58,9 +73,7 @@ def server_hooks(cfg: DictConfig, model: torch.nn.Module, evaluate_fn: Callable 
                 "batch_size": int(cfg.batch_size), "lr": float(cfg.optimizer.lr),
                 "seed": int(cfg.seed)}
 
-    def evaluate_config(server_round: int) -> dict:
-        return {"server_round": server_round, "eval_batch_size": int(cfg.eval_batch_size)}
-
+    evaluate_config = evaluate_config_fn(cfg)
     return {"initial_parameters": ndarrays_to_parameters(get_weights(model)),
             "evaluate_fn": evaluate_fn,
             "on_fit_config_fn": fit_config,
@@ -68,6 +81,25 @@ def server_hooks(cfg: DictConfig, model: torch.nn.Module, evaluate_fn: Callable 
             "fit_metrics_aggregation_fn": weighted_mean,
             "evaluate_metrics_aggregation_fn": weighted_mean,
             "model_layout": ModelLayout.of(model)}
+
+
+def _constructor_parameters(factory) -> dict[str, inspect.Parameter]:
+    """The keyword parameters a constructor takes: its own, and while it passes **kwargs
+    on, those of the base classes it passes them to."""
+    params: dict[str, inspect.Parameter] = {}
+    for cls in inspect.getmro(factory) if inspect.isclass(factory) else [None]:
+        init = factory if cls is None else cls.__init__
+        if init is object.__init__:
+            break
+        try:
+            own = inspect.signature(init).parameters
+        except (TypeError, ValueError):  # no introspectable signature: offer everything
+            own = {"kwargs": inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD)}
+        for name, p in own.items():
+            params.setdefault(name, p)
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in own.values()):
+            break
+    return params
 
 
 def strategy_node(node: DictConfig) -> DictConfig:
@@ -85,12 +117,11 @@ def build(cfg: DictConfig, model: torch.nn.Module, evaluate_fn: Callable | None 
     hooks = server_hooks(cfg, model, evaluate_fn)
     target = node.get("_target_")
     factory = importable("strategy", target)
-    try:
-        params = inspect.signature(factory).parameters
-    except (TypeError, ValueError):  # no introspectable signature: offer everything
-        params = {"kwargs": inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD)}
+    params = _constructor_parameters(factory)
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        accepted = dict(hooks)
+        # **kwargs usually ends in Flower's constructor: it gets Flower's hooks, and
+        # fedexp's own (model_layout) only where a constructor on the way names them.
+        accepted = {k: v for k, v in hooks.items() if k in _WITHOUT or k in params}
     else:
         accepted = {k: v for k, v in hooks.items() if k in params}
     for name in sorted(set(_WITHOUT) - set(accepted)) if warn else []:
@@ -107,8 +138,9 @@ def build(cfg: DictConfig, model: torch.nn.Module, evaluate_fn: Callable | None 
     return strategy
 
 
-def check_client_half(cfg: DictConfig) -> None:
-    """Build the client half (`strategy.client`) once, so a bad setting fails before Ray."""
+def check_client_half(cfg: DictConfig, model: torch.nn.Module) -> None:
+    """Build the client half (`strategy.client`) once, so a bad setting fails before Ray,
+    and ask it whether it can work with the model (its `check_model`)."""
     from .methods.base import ClientMethod
 
     node = cfg.strategy.get("client")
@@ -118,6 +150,10 @@ def check_client_half(cfg: DictConfig) -> None:
     if not isinstance(method, ClientMethod):
         raise ConfigError(f"strategy.client._target_={node.get('_target_')} built a "
                           f"{type(method).__name__}, not a fedexp.federated.methods.ClientMethod")
+    problem = method.check_model(ModelLayout.of(model))
+    if problem:
+        raise ConfigError(f"strategy.client ({node._target_}) cannot work with model "
+                          f"({cfg.model._target_}): {problem}")
 
 
 def local_solver_note(cfg: DictConfig) -> str | None:

@@ -19,8 +19,10 @@ the global model. On the server, `FedAvgBased` reads each client's result as a
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -53,6 +55,31 @@ class ClientState:
         return sum(len(a.data) for record in self.records.array_records.values() for a in record.values())
 
 
+class DiskClientState(ClientState):
+    """The same, kept in files (`DIR/<name>.npz`, one folder per client) instead of the
+    server's memory: with 1,000 clients that each keep a whole model (Ditto), the server
+    process holds none of them. The workers must see DIR: a local Ray's always do."""
+
+    def __init__(self, directory: Path):
+        self.dir = Path(directory)
+
+    def get(self, name: str) -> list[np.ndarray] | None:
+        path = self.dir / f"{name}.npz"
+        if not path.exists():
+            return None
+        with np.load(path) as stored:
+            return [stored[f"arr_{i}"] for i in range(len(stored.files))]
+
+    def set(self, name: str, arrays: list[np.ndarray]) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / f".{name}.{os.getpid()}.tmp.npz"
+        np.savez(tmp, *arrays)
+        os.replace(tmp, self.dir / f"{name}.npz")
+
+    def nbytes(self) -> int:
+        return sum(p.stat().st_size for p in self.dir.glob("*.npz")) if self.dir.is_dir() else 0
+
+
 @dataclass
 class LocalFit:
     """One client's `fit` call, as a method's hooks see it."""
@@ -65,6 +92,10 @@ class LocalFit:
     state: ClientState
     layout: ModelLayout
     evaluate_train: Callable[[], dict]  # the model as it is now, on this client's training data
+    # train(model, hooks): the same local training again (same data, epochs, batches and
+    # optimizer settings, its own seeded stream) for another model, e.g. a personal one
+    train: Callable[[torch.nn.Module, TrainingHooks], dict]
+    spare_model: Callable[[], torch.nn.Module]  # a second model of the same shape, for that
     steps: int = 0                      # optimizer steps taken (known after training)
     metrics: dict = field(default_factory=dict)  # reported back with the fit result
 
@@ -88,12 +119,25 @@ class LocalFit:
         return [torch.as_tensor(np.asarray(a, dtype=np.float32), device=device) for a in arrays]
 
 
+@dataclass
+class LocalEvaluation:
+    """One client's `evaluate` call, as a method's hook sees it."""
+
+    model: torch.nn.Module              # holds the received global model
+    config: dict
+    state: ClientState
+    layout: ModelLayout
+
+
 class ClientMethod(TrainingHooks):
     """The client half of a method. This base class is FedAvg's client: plain local training."""
 
     # What changes when the clients' optimizer is not SGD, for methods whose math assumes
     # local SGD steps (the setting checks print it once); None for methods that do not.
     sgd_only: str | None = None
+    # True for personalised methods: each client evaluates a model of its own (what
+    # `before_evaluate` loads), not the global one.
+    personal: bool = False
 
     def before_fit(self, fit: LocalFit) -> None:
         """Called with the global model loaded, before the first local step."""
@@ -101,6 +145,53 @@ class ClientMethod(TrainingHooks):
     def after_fit(self, fit: LocalFit) -> list[np.ndarray]:
         """Called after the last local step; returns the arrays sent after the weights."""
         return []
+
+    def before_evaluate(self, evaluation: LocalEvaluation) -> None:
+        """Called with the global model loaded, before the client evaluates it; a
+        personalised method puts the client's own model (or its own layers) in its place."""
+
+    def check_model(self, layout: ModelLayout) -> str | None:
+        """Why this method cannot work with a model of this layout, or None (the setting
+        checks ask before any data is loaded)."""
+        return None
+
+
+class LocalLayersClient(ClientMethod):
+    """The client half of methods that keep some of the model's entries on the client
+    (FedBN's BatchNorm layers, FedPer's head): before training and before evaluating, the
+    client's own values replace the received ones; after training they are kept. A client
+    that has never trained has none: it uses the global model's values."""
+
+    personal = True
+    state_key = "local_layers"
+
+    def local_indices(self, layout: ModelLayout) -> list[int]:
+        raise NotImplementedError
+
+    def check_model(self, layout: ModelLayout) -> str | None:
+        try:
+            return None if self.local_indices(layout) else "it has no layer that this method keeps local"
+        except ValueError as e:
+            return str(e)
+
+    def _load_own(self, model: torch.nn.Module, layout: ModelLayout, state: ClientState) -> None:
+        stored = state.get(self.state_key)
+        if stored is not None:
+            names = [layout.names[i] for i in self.local_indices(layout)]
+            model.load_state_dict({n: torch.from_numpy(np.array(a)) for n, a in zip(names, stored)},
+                                  strict=False)
+
+    def before_fit(self, fit: LocalFit) -> None:
+        self._load_own(fit.model, fit.layout, fit.state)
+
+    def after_fit(self, fit: LocalFit) -> list[np.ndarray]:
+        state = fit.model.state_dict()
+        fit.state.set(self.state_key, [state[fit.layout.names[i]].detach().cpu().numpy()
+                                       for i in self.local_indices(fit.layout)])
+        return []
+
+    def before_evaluate(self, evaluation: LocalEvaluation) -> None:
+        self._load_own(evaluation.model, evaluation.layout, evaluation.state)
 
 
 @dataclass
@@ -203,3 +294,30 @@ class FedAvgBased(FedAvg):
 
     def global_trained(self) -> list[np.ndarray]:
         return [np.asarray(self.global_weights[i], np.float64) for i in self.layout.trained_indices]
+
+
+class LocalLayersFedAvg(FedAvg):
+    """The server half of `LocalLayersClient` methods: FedAvg over the shared entries; the
+    entries the clients keep (`local_indices`) stay in the global model as they were."""
+
+    def __init__(self, *, model_layout: ModelLayout | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.layout = model_layout
+        self.global_weights: list[np.ndarray] | None = None
+
+    def local_indices(self, layout: ModelLayout) -> list[int]:
+        raise NotImplementedError
+
+    def configure_fit(self, server_round, parameters, client_manager):
+        self.global_weights = parameters_to_ndarrays(parameters)
+        return super().configure_fit(server_round, parameters, client_manager)
+
+    def aggregate_fit(self, server_round, results, failures):
+        params, metrics = super().aggregate_fit(server_round, results, failures)
+        if params is None:
+            return params, metrics
+        arrays = parameters_to_ndarrays(params)
+        layout = self.layout or ModelLayout.of_arrays(self.global_weights)
+        for i in self.local_indices(layout):
+            arrays[i] = self.global_weights[i]
+        return ndarrays_to_parameters(arrays), metrics

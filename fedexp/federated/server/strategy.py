@@ -10,6 +10,8 @@ sampling fractions, aggregation, evaluation. Around it, each part has one job:
 - `ModelLayout` (payload.py): splits what clients send into the model's arrays and a
   method's extras, and keeps the global model in the model's own dtypes;
 - `RoundRecorder` (rounds.py): each round's record, reported when the round ends;
+- `AllClientsEvaluation` (evaluation.py): every K rounds, every client evaluates, and the
+  round records the distribution of their accuracies;
 - `GlobalModel` and `nothing_to_aggregate` (guard.py): the last good model, and the end
   of a run whose round failed on every client or whose model stopped being finite;
 - `stop`: once set (on Ctrl-C, see simulation.py) every hook raises `RunStopped`, so that
@@ -28,6 +30,7 @@ from flwr.server.strategy import Strategy
 from ..payload import ModelLayout
 from .guard import ClientDiverged, GlobalModel, RunEnded, finite, nothing_to_aggregate
 from .links import Dispatcher, RunStopped
+from .evaluation import AllClientsEvaluation
 from .rounds import RoundRecorder
 from .sampling import PartitionClientManager
 
@@ -49,13 +52,17 @@ class ServerStrategy(Strategy):
 
     def __init__(self, inner: Strategy, client_manager: PartitionClientManager,
                  on_round: Callable[[dict], None], *, seed: int = 0, straggler_rate: float = 0.0,
-                 layout: ModelLayout | None = None):
+                 layout: ModelLayout | None = None, all_clients: AllClientsEvaluation | None = None,
+                 on_clients: Callable[[list[dict]], None] | None = None):
         self.inner, self.manager = inner, client_manager
         self.stop = threading.Event()
         self.dispatcher = Dispatcher(client_manager, self.stop, seed, straggler_rate)
         self.recorder = RoundRecorder(on_round)
         self.model = GlobalModel()
         self.layout = layout
+        self.all_clients = all_clients
+        self.on_clients = on_clients or (lambda rows: None)
+        self._evaluating_all = False
         # Set by the engine: blocks until the clients' worker processes are up, returns
         # the seconds that took (recorded as client_start_seconds, outside every round).
         self.wait_for_clients: Callable[[], float] | None = None
@@ -149,6 +156,9 @@ class ServerStrategy(Strategy):
     @_hook
     def configure_evaluate(self, server_round, parameters, client_manager):
         instructions = self.inner.configure_evaluate(server_round, parameters, client_manager)
+        self._evaluating_all = self.all_clients is not None and self.all_clients.due(server_round)
+        if self._evaluating_all:
+            instructions = self.all_clients.instructions(server_round, parameters, self.manager, instructions)
         if not instructions:
             self._close_round()
         return self.dispatcher.links(instructions, EvaluateIns)
@@ -157,7 +167,13 @@ class ServerStrategy(Strategy):
     def aggregate_evaluate(self, server_round, results, failures):
         # A client without validation data (tiny partitions) has nothing to report, and
         # Flower's example-weighted average would divide by zero if all were empty.
-        results = [r for r in self.manager.in_partition_order(results) if r[1].num_examples > 0]
+        results = self.manager.in_partition_order(results)
+        if self._evaluating_all:
+            summary, rows = self.all_clients.summarise(server_round, results, failures, self.manager.partition_of)
+            self.recorder.update(all_clients=summary)
+            self.on_clients(rows)
+            results = self.all_clients.of_sample(results)
+        results = [r for r in results if r[1].num_examples > 0]
         self.recorder.note_failures(failures)
         loss, metrics = (self.inner.aggregate_evaluate(server_round, results, failures)
                          if results else (None, {}))
