@@ -49,15 +49,16 @@ def _identity(_features: int) -> nn.Module:
 
 
 class MLP(nn.Module):
-    """A fully connected baseline: flatten -> hidden layers with ReLU -> classes."""
+    """A fully connected baseline: flatten -> hidden layers with ReLU -> classes;
+    `batch_norm=True` adds BatchNorm before each ReLU."""
 
     def __init__(self, channels: int = 3, image_size: int = 32, num_classes: int = 10,
-                 hidden: tuple[int, ...] = (200, 200)):
+                 hidden: tuple[int, ...] = (200, 200), batch_norm: bool = False):
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]
         width = channels * image_size * image_size
         for h in hidden:
-            layers += [nn.Linear(width, h), nn.ReLU()]
+            layers += [nn.Linear(width, h), *([nn.BatchNorm1d(h)] if batch_norm else []), nn.ReLU()]
             width = h
         layers.append(nn.Linear(width, num_classes))
         self.net = nn.Sequential(*layers)
@@ -67,16 +68,19 @@ class MLP(nn.Module):
 
 
 def resnet18(channels: int = 3, image_size: int = 32, num_classes: int = 10,
-             small_stem: bool | None = None) -> nn.Module:
+             small_stem: bool | None = None, batch_norm: bool = True) -> nn.Module:
     """torchvision's ResNet-18 (random init), sized for the dataset.
 
     The ImageNet stem (7x7 stride-2 convolution, then max-pooling) shrinks a 32x32 image to
     8x8 before the first residual block and costs CIFAR-10 accuracy; `small_stem` swaps it
     for a 3x3 stride-1 convolution without pooling, the usual choice for 32x32 inputs.
-    None picks the small stem for images up to 64 pixels wide.
+    None picks the small stem for images up to 64 pixels wide. ResNet-18 has BatchNorm in
+    every block: `batch_norm` (which every model takes) must be true.
     """
     from torchvision.models import resnet18 as tv_resnet18
 
+    if not batch_norm:
+        raise ValueError("resnet18 has BatchNorm in every block: model.batch_norm must be true")
     model = tv_resnet18(weights=None, num_classes=num_classes)
     if small_stem is None:
         small_stem = image_size <= 64

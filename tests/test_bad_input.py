@@ -126,9 +126,13 @@ CASES = [
      "dataset.image_size - 1 = 31", "config"),
     ("augment flip not a boolean", ["dataset.augment.flip=no"],
      "dataset.augment.flip=no is not allowed: true or false", "config"),
-    ("fedbn without batch norm", ["strategy=fedbn"],
+    ("fedbn without batch norm", ["strategy=fedbn", "model.batch_norm=false"],
      "strategy.client (fedexp.federated.methods.fedbn.FedBNClient) cannot work with model "
-     "(fedexp.models.CNN): it has no BatchNorm layer for FedBN to keep local", "config"),
+     "(fedexp.models.CNN): it has no BatchNorm layer for FedBN to keep local (strategy=fedbn sets "
+     "model.batch_norm=true; leave it so)", "config"),
+    ("resnet18 without batch norm", ["model=resnet18", "model.batch_norm=false"],
+     "model (fedexp.models.resnet18) cannot be built for dataset=digits: resnet18 has BatchNorm in "
+     "every block: model.batch_norm must be true", "config"),
     ("fedper head names no layer", ["strategy=fedper", "strategy.head=[nope]"],
      "strategy (fedexp.federated.methods.fedper.FedPer) cannot be built from its settings: "
      "strategy.head=['nope'] names no layer of the model (its top-level layers: conv1, conv2, fc1, "

@@ -36,9 +36,6 @@ CASES = [(g, o) for g in GROUPS for o in OPTIONS[g]
 # examples (square) or none (exponential), so it has no validation example or no data. The
 # largest num_clients that gives every client a validation example:
 NUM_CLIENTS = {("partitioning", "square"): 7, ("partitioning", "exponential"): 5}
-# FedBN keeps BatchNorm layers local, and the default CNN has none (fedexp refuses it in one
-# line, see test_bad_input.py): it runs with the CNN's BatchNorm variant.
-NEEDS = {("strategy", "fedbn"): ["model.batch_norm=true"]}
 
 DRY_RUN = re.compile(r"dry run: (\d+) training examples in (\d+) partitions, model (\w+), "
                      r"strategy (\w+) with client (\w+); stopped before training -> (.+)")
@@ -135,7 +132,6 @@ def test_option_passes_a_dry_run_from_the_command_line(fedexp_cli, fake_files, g
     args = [f"{group}={option}"]
     if (group, option) in NUM_CLIENTS:
         args.append(f"num_clients={NUM_CLIENTS[group, option]}")
-    args += NEEDS.get((group, option), [])
     cfg = compose_cfg(*args)  # what the run should build: the option's own _target_s
     data_args, train_examples = fake_files[cfg.dataset.name]
     status, err, lines, run_dir = fedexp_cli(*args, *data_args, "dry_run=true")

@@ -70,7 +70,7 @@ def state_dir(cfg, run_dir: Path) -> str | None:
 def run(work: Workload, results: RunResults) -> torch.nn.Module:
     cfg = work.cfg
     model = work.new_model()
-    manager = PartitionClientManager(cfg.seed)
+    manager = PartitionClientManager(cfg.seed, expected=cfg.num_clients)
 
     def on_round(record: dict) -> None:
         results.add(record)

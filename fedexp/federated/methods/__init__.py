@@ -8,10 +8,13 @@
 | `scaffold` | `Scaffold` | `ScaffoldClient` |
 | `fednova` | `FedNova` | `FedNovaClient` |
 | `feddyn` | `FedDyn` | `FedDynClient` |
+| `fedbn` | `FedBN` | `FedBNClient` (personalised: keeps its BatchNorm) |
+| `fedper` | `FedPer` | `FedPerClient` (personalised: keeps its head) |
+| `ditto` | `Ditto` | `DittoClient` (personalised: keeps a personal model) |
 
 `base.py` explains the hooks. A new method is one module here (or anywhere importable)
 and one `conf/strategy/NAME.yaml` naming both halves.
 """
-from .base import ClientMethod, ClientState, FedAvgBased, LocalFit
+from .base import ClientMethod, ClientState, FedAvgBased, LocalEvaluation, LocalFit
 
-__all__ = ["ClientMethod", "ClientState", "FedAvgBased", "LocalFit"]
+__all__ = ["ClientMethod", "ClientState", "FedAvgBased", "LocalEvaluation", "LocalFit"]

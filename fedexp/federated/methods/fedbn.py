@@ -5,7 +5,7 @@ Every client keeps its BatchNorm layers (their weights, biases and running stati
 to itself; the server averages everything else as FedAvg does (eq. 2 restricted to the
 non-BatchNorm parameters). A client's model is the shared layers with its own
 BatchNorm, which is also the model it is evaluated with. It needs a model with
-BatchNorm: `model=cnn model.batch_norm=true`, or `model=resnet18`.
+BatchNorm: conf/strategy/fedbn.yaml sets `model.batch_norm=true`.
 """
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ class FedBNClient(LocalLayersClient):
 
     def check_model(self, layout: ModelLayout) -> str | None:
         if not batch_norm_entries(layout):
-            return ("it has no BatchNorm layer for FedBN to keep local (use model=cnn "
-                    "model.batch_norm=true, or model=resnet18)")
+            return ("it has no BatchNorm layer for FedBN to keep local (strategy=fedbn sets "
+                    "model.batch_norm=true; leave it so)")
         return None
 
 

@@ -17,11 +17,21 @@ class PartitionClientManager(SimpleClientManager):
     state between rounds) belongs to one partition too.
     """
 
-    def __init__(self, seed: int):
+    def __init__(self, seed: int, expected: int = 0):
         super().__init__()
         self.rng = random.Random(seed)
+        self.expected = expected
         self.partition_of: dict[str, int] = {}
         self._proxy_of: dict[int, object] = {}
+
+    def num_available(self) -> int:
+        """Counted once all `expected` clients have registered. Flower's simulation
+        registers its nodes while the server starts; a strategy that sizes round 1's sample
+        from a count taken earlier (FedAvg's fraction of `num_available()`) would sample
+        fewer clients on a busy machine, and the run would not repeat."""
+        if self.expected and len(self.clients) < self.expected:
+            self.wait_for(self.expected, timeout=120)
+        return super().num_available()
 
     def _assign(self) -> None:
         if len(self.partition_of) != len(self.clients):
