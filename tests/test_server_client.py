@@ -17,7 +17,6 @@ import flower_inprocess
 from fedexp.federated import build_strategy
 from fedexp.federated import client as client_module
 from fedexp.federated.client import ClientSpec, FedexpClient
-from fedexp.federated.payload import ModelLayout
 from fedexp.federated.strategies import strategy_node
 from fedexp.federated.server import PartitionClientManager, ServerStrategy
 from fedexp.models import CNN, get_weights

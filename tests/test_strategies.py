@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server.strategy import QFedAvg as FlowerQFedAvg
-from hydra.utils import get_class, instantiate
+from hydra.utils import get_class
 
 import flower_inprocess
 from fedexp.checks import ConfigError

@@ -10,7 +10,8 @@ Flower's random node ids (see server/sampling.py).
 What every method's client does is here: injected faults, the seeded streams, the
 optimizer, the training loop, divergence checks. What a method changes comes from its
 client half (`strategy.client` in the config, see methods/base.py), whose hooks run inside
-`fit` with the client's own state (Flower's `Context.state`).
+`fit` and `evaluate` with the client's own state (Flower's `Context.state`, or a folder
+of the run directory: `simulation.client_state`).
 
 A client whose local training diverges (NaN/inf loss or weights) does not raise: it
 answers with `metrics["diverged"]` and no weights, so the server can tell divergence from
@@ -20,8 +21,8 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from itertools import count
 from dataclasses import dataclass
+from itertools import count
 from pathlib import Path
 from typing import Any
 
