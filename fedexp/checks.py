@@ -122,6 +122,10 @@ def _check_device(cfg: DictConfig) -> None:
     cpus = cfg.device.client_cpus
     _need(_is_number(cpus) and cpus > 0, "device.client_cpus", cpus, "a number > 0")
     sim = cfg.simulation
+    nice = sim.get("worker_niceness")
+    _need(nice is None or (_is_int(nice) and os.nice(0) <= nice <= 19), "simulation.worker_niceness", nice,
+          f"null (this process's own, {os.nice(0)}) or an integer from {os.nice(0)} to 19 (higher = lower "
+          f"priority; below this process's own needs privileges)")
     _need(sim.num_cpus is None or (_is_int(sim.num_cpus) and sim.num_cpus >= 1),
           "simulation.num_cpus", sim.num_cpus, "null (all CPUs) or an integer >= 1")
     if cfg.mode == "federated" and not sim.ray_address:

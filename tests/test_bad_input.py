@@ -141,6 +141,8 @@ CASES = [
      "evaluation.all_clients_every=-1 is not allowed: an integer >= 0", "config"),
     ("client state nowhere", ["simulation.client_state=cloud"],
      "simulation.client_state=cloud is not allowed: auto, memory or disk", "config"),
+    ("worker niceness below ours", ["simulation.worker_niceness=-5"],
+     "simulation.worker_niceness=-5 is not allowed: null (this process's own", "config"),
     ("unknown setting", ["num_client=3"],
      "num_client is not a fedexp setting (a typo? `fedexp --cfg job` lists every setting", "config"),
     ("num_clients above examples", ["num_clients=2000"],

@@ -94,7 +94,7 @@ def run(work: Workload, results: RunResults) -> torch.nn.Module:
     status, error, interrupt = "completed", None, None
     try:
         with ray_session(cfg.simulation.ray_address, cfg.simulation.num_cpus, cfg.simulation.num_gpus,
-                         cfg.verbose) as session:
+                         cfg.verbose, cfg.simulation.get("worker_niceness")) as session:
             data_ref = session.ray.put({"x": work.data.x_train, "y": work.data.y_train,
                                         "train": work.parts.train, "val": work.parts.val})
             spec = ClientSpec(cfg=OmegaConf.to_container(cfg, resolve=True), data_ref=data_ref,

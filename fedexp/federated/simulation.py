@@ -92,8 +92,13 @@ class RaySession:
 
 
 @contextmanager
-def ray_session(address: str | None, num_cpus: int | None, num_gpus: float | None, verbose: bool):
-    """Start (or join, with `address`) Ray for one run, yield a RaySession; always shut it down."""
+def ray_session(address: str | None, num_cpus: int | None, num_gpus: float | None, verbose: bool,
+                niceness: int | None = None):
+    """Start (or join, with `address`) Ray for one run, yield a RaySession; always shut it down.
+
+    A local Ray's workers run at `niceness`, by default this process's own: Ray's default
+    of 15 makes the clients yield to any other work on the machine, which skews every
+    timing of a run that shares it."""
     # Ray >= 2.5x warns on every start that it will stop overriding CUDA_VISIBLE_DEVICES
     # for num_gpus=0; opting in to that future behaviour silences it.
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
@@ -117,7 +122,8 @@ def ray_session(address: str | None, num_cpus: int | None, num_gpus: float | Non
         # torch, Flower and the client at once (see worker.py); without a runtime_env,
         # Flower's actors are those prestarted workers, not processes started in round 1.
         args.update(address="local", num_cpus=num_cpus, num_gpus=num_gpus,
-                    _system_config={"preload_python_modules": ["fedexp.federated.worker"]})
+                    _system_config={"preload_python_modules": ["fedexp.federated.worker"],
+                                    "worker_niceness": os.nice(0) if niceness is None else int(niceness)})
         ready_dir = tempfile.mkdtemp(prefix="fedexp-ready-")
     # Every process the local Ray starts inherits this tag, which finds them after
     # shutdown: they are not this process's children (Ray re-parents them).
