@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 _CLAIMED: dict[str, str] = {}
@@ -69,7 +70,43 @@ def _output_dir_problem(override, multirun: bool) -> str | None:
     return None
 
 
-def _composition_problem(error: Exception) -> str:
+def _owners(conf: Path, key: str) -> list[str]:
+    """The options of `key`'s group (its first part) whose YAML has the key, e.g.
+    ["dirichlet"] for partitioning.alpha."""
+    from omegaconf import OmegaConf
+
+    group, _, rest = key.partition(".")
+    found = []
+    for option in _options(conf, group) or []:
+        try:
+            node = OmegaConf.load(conf / group / f"{option}.yaml")
+        except Exception:
+            continue
+        if "@package _global_" in (conf / group / f"{option}.yaml").read_text().split("\n", 1)[0]:
+            rest_key = key
+        else:
+            rest_key = rest
+        if rest_key and OmegaConf.select(node, rest_key, default=_ABSENT) is not _ABSENT:
+            found.append(option)
+    return found
+
+
+_ABSENT = object()
+
+
+def _default_option(conf: Path, group: str) -> str:
+    """The option conf/config.yaml's defaults list picks for `group`."""
+    from omegaconf import OmegaConf
+
+    for entry in OmegaConf.load(conf / "config.yaml").get("defaults", []):
+        if isinstance(entry, dict) or OmegaConf.is_dict(entry):
+            for key, value in entry.items():
+                if key == group:
+                    return str(value)
+    return "its default"
+
+
+def _composition_problem(error: Exception, conf: Path | None = None, choices: dict | None = None) -> str:
     from hydra.errors import MissingConfigException
 
     if isinstance(error, MissingConfigException) and error.options and error.missing_cfg_file:
@@ -78,13 +115,96 @@ def _composition_problem(error: Exception) -> str:
     text = f"{error} {error.__cause__ or ''}"
     key = re.search(r"Could not override '([^']+)'", text)
     if key and "not in struct" in text:
-        return (f"{key.group(1)} is not a fedexp setting (a typo? `fedexp --cfg job` lists every "
-                f"setting; +{key.group(1)}=VALUE adds a new key)")
+        name = key.group(1)
+        owners = _owners(conf, name) if conf else []
+        if owners:
+            group = name.partition(".")[0]
+            chosen = (choices or {}).get(group) or _default_option(conf, group)
+            return (f"{name} is not a setting of {group}={chosen}: only {group}="
+                    f"{','.join(owners)} {'has' if len(owners) == 1 else 'have'} it (in a sweep over "
+                    f"{group}, it applies to the options that have it)")
+        return (f"{name} is not a fedexp setting (a typo? `fedexp --cfg job` lists every "
+                f"setting; +{name}=VALUE adds a new key)")
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return " ".join(line for line in lines if not line.startswith(("full_key:", "object_type")))
 
 
+@dataclass
+class CommandLine:
+    """What `prepare` made of the command line: the one-line problem, if any, the argv
+    for Hydra, and per combination of swept group options the keys it does not have."""
+
+    problem: str | None
+    argv: list[str]
+    unused: dict[str, list[str]] = field(default_factory=dict)
+
+
+UNUSED_ENV = "FEDEXP_UNUSED_SETTINGS"  # how the sweep's jobs learn `CommandLine.unused`
+
+
 def check_command_line(argv: list[str], conf_dir: str) -> str | None:
+    return prepare(argv, conf_dir).problem
+
+
+def _signature(choices: dict[str, str]) -> str:
+    return ",".join(f"{g}={v}" for g, v in sorted(choices.items()))
+
+
+def signature_of_job() -> str:
+    """This job's combination of swept group options, as `prepare` keyed it: from the
+    job's own overrides (a group appears there when the sweep set it)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    unused = os.environ.get(UNUSED_ENV)
+    if not unused:
+        return ""
+    import json
+
+    groups = {part.split("=", 1)[0] for sig in json.loads(unused) for part in sig.split(",")}
+    choices = {}
+    for line in HydraConfig.get().overrides.task:
+        key, _, value = line.partition("=")
+        if key in groups:
+            choices[key] = value
+    return _signature(choices)
+
+
+def _keys_by_option(conf: Path, overrides, group_values: dict[str, list[str]]) -> dict[str, list[str]]:
+    """For a sweep over group options whose keys differ: per combination of the swept
+    options, the command line's keys that the combination's config does not have."""
+    import itertools
+
+    from hydra import compose
+    from omegaconf import OmegaConf
+
+    from hydra.core.override_parser.types import OverrideType
+
+    keys = [o.key_or_group for o in overrides if not o.is_hydra_override() and o.type == OverrideType.CHANGE
+            and _options(conf, o.key_or_group) is None]
+    groups = sorted(group_values)
+    missing: dict[str, list[str]] = {}
+    for values in itertools.islice(itertools.product(*(group_values[g] for g in groups)), 256):
+        choices = dict(zip(groups, values))
+        cfg = compose(config_name="config", overrides=[f"{g}={v}" for g, v in choices.items()])
+        absent = [k for k in keys if OmegaConf.select(cfg, k, default=_ABSENT) is _ABSENT]
+        if absent:
+            missing[_signature(choices)] = absent
+    return missing
+
+
+def prepare(argv: list[str], conf_dir: str) -> CommandLine:
+    """Check the command line (see `_check`); in a sweep over group options whose keys
+    differ (`partitioning=iid,dirichlet partitioning.alpha=0.1`), a key that some of the
+    options have is forced in (`++key`) for all, and each job drops it again when its
+    options lack it (main.job, which records it as unused)."""
+    from hydra import initialize_config_dir
+
+    conf = Path(conf_dir)
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        return _check(argv, conf)
+
+
+def _check(argv: list[str], conf: Path) -> CommandLine:
     """One line describing what is wrong with `argv`, or None when Hydra may go ahead.
 
     Checks every value of every group option (sweeps included) against the YAML files of
@@ -94,7 +214,7 @@ def check_command_line(argv: list[str], conf_dir: str) -> str | None:
     run). Anything it cannot judge (syntax errors, custom config paths, help) is left to
     Hydra.
     """
-    from hydra import compose, initialize_config_dir
+    from hydra import compose
     from hydra._internal.utils import get_args_parser
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException, OverrideParseException
@@ -103,40 +223,63 @@ def check_command_line(argv: list[str], conf_dir: str) -> str | None:
     args, _ = get_args_parser().parse_known_args(argv)
     if (args.help or args.hydra_help or args.info or args.shell_completion or args.config_path
             or args.config_dir or args.config_name or args.experimental_rerun):
-        return None
+        return CommandLine(None, argv)
     try:
         overrides = OverridesParser.create().parse_overrides(args.overrides)
     except Exception:  # Hydra reports syntax errors itself, with the position
-        return None
-    conf = Path(conf_dir)
-    to_compose = []
+        return CommandLine(None, argv)
+    to_compose, group_values, choices = [], {}, {}
     for o in overrides:
         if o.is_hydra_override():
             problem = _output_dir_problem(o, args.multirun)
             if problem:
-                return problem
+                return CommandLine(problem, argv)
             continue
         values = _values(o)
         options = _options(conf, o.key_or_group)
         if options is not None and values is not None and not o.is_delete():
             for v in values:
                 if v not in options and v != "null":
-                    return (f"{o.key_or_group}={v} is not allowed: the {o.key_or_group} options "
-                            f"are {', '.join(options)}")
+                    return CommandLine(f"{o.key_or_group}={v} is not allowed: the {o.key_or_group} "
+                                       f"options are {', '.join(options)}", argv)
+            group_values[o.key_or_group] = values
+            choices[o.key_or_group] = values[0]
         if not o.is_sweep_override():
             to_compose.append(o.input_line)
         elif values:
             to_compose.append(f"{o.get_key_element()}={values[0]}")
+    unused: dict[str, list[str]] = {}
+    if args.multirun and any(len(v) > 1 for v in group_values.values()):
+        try:
+            unused = _keys_by_option(conf, overrides, group_values)
+        except (HydraException, OmegaConfBaseException):
+            unused = {}
+        forced = {k for keys in unused.values() for k in keys}
+        everywhere_absent = [k for k in forced if all(k in keys for keys in unused.values())
+                             and len(unused) == _combinations(group_values)]
+        forced -= set(everywhere_absent)
+        unused = {sig: [k for k in keys if k in forced] for sig, keys in unused.items()}
+        unused = {sig: keys for sig, keys in unused.items() if keys}
+        if forced:
+            rewritten = {o.input_line: f"++{o.input_line}" for o in overrides if o.key_or_group in forced}
+            argv = [rewritten.get(a, a) for a in argv]
+            to_compose = [rewritten.get(a, a) for a in to_compose]
     try:
-        with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=to_compose)
+        cfg = compose(config_name="config", overrides=to_compose)
     except OverrideParseException:  # a sweep value this reconstruction mangled: Hydra's call
-        return None
+        return CommandLine(None, argv, unused)
     except (HydraException, OmegaConfBaseException) as e:
-        return _composition_problem(e)
+        return CommandLine(_composition_problem(e, conf, choices), argv, unused)
     if not any(o.is_sweep_override() for o in overrides) and not cfg.get("verbose"):
-        return _settings_problem(cfg)  # with verbose, the run raises it with its traceback
-    return None
+        return CommandLine(_settings_problem(cfg), argv)  # with verbose, the run raises it itself
+    return CommandLine(None, argv, unused)
+
+
+def _combinations(group_values: dict[str, list[str]]) -> int:
+    n = 1
+    for values in group_values.values():
+        n *= len(values)
+    return min(n, 256)
 
 
 def _settings_problem(cfg) -> str | None:

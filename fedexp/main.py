@@ -5,6 +5,7 @@ Data flows one way: config -> checks -> data (load, partition) -> model -> train
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -13,10 +14,10 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .checks import ConfigError, check
-from .command_line import check_command_line, fresh_dir
+from .command_line import UNUSED_ENV, prepare, signature_of_job, fresh_dir
 from .data import DatasetError
 from .interrupts import signals_as_interrupts
 from .results import ResultsExistError, RunResults
@@ -41,7 +42,7 @@ def config_dir() -> str:
     raise FileNotFoundError(f"fedexp's conf/ folder is missing (looked in {here} and {here.parent})")
 
 
-def run(cfg: DictConfig, run_dir: str) -> dict:
+def run(cfg: DictConfig, run_dir: str, info: dict | None = None) -> dict:
     """Run the experiment `cfg` describes, writing into `run_dir`; return results.json's data.
 
     Bad settings raise ConfigError before any data is loaded (or, for the checks that need
@@ -55,7 +56,7 @@ def run(cfg: DictConfig, run_dir: str) -> dict:
     check(cfg)
     if cfg.get("dry_run"):
         return dry_run(cfg, run_dir)
-    results = RunResults(run_dir, cfg.mode, info={"seed": cfg.seed})
+    results = RunResults(run_dir, cfg.mode, info={"seed": cfg.seed, **(info or {})})
     try:
         work = Workload.build(cfg)
         results.data["data"] = {"dataset": cfg.dataset.name, "train_examples": len(work.data.y_train),
@@ -99,11 +100,30 @@ def dry_run(cfg: DictConfig, run_dir: str) -> dict:
     return {"status": "dry_run"}
 
 
-def run_sweep_job(cfg: DictConfig, run_dir: str) -> dict | None:
+def drop_unused_settings(cfg: DictConfig) -> dict[str, object]:
+    """In a sweep over options whose keys differ, remove from this job's config the keys
+    its options do not have (see command_line.prepare); return them with their values."""
+    unused = json.loads(os.environ.get(UNUSED_ENV, "{}")).get(signature_of_job(), []) if in_multirun() else []
+    dropped = {}
+    for key in unused:
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        if node is not None and leaf in node:
+            dropped[key] = OmegaConf.select(cfg, key)
+            with open_dict(node):
+                del node[leaf]
+    if dropped:
+        log.info("not used by this job's options, so left out: %s",
+                 ", ".join(f"{k}={v}" for k, v in dropped.items()))
+    return dropped
+
+
+def run_sweep_job(cfg: DictConfig, run_dir: str, unused: dict | None = None) -> dict | None:
     """One job of a multirun: a failure is recorded in the job's results.json and the sweep
-    goes on (see sweep.py); None tells main that this job failed."""
+    goes on (see sweep.py); None tells main that this job failed. `unused`: the sweep's
+    settings this job's options do not have, recorded in its results.json."""
     try:
-        return run(cfg, run_dir)
+        return run(cfg, run_dir, {"unused_settings": sorted(unused)} if unused else None)
     except Exception as e:
         record_failed_job(cfg, run_dir, e)
         if cfg.get("verbose"):
@@ -128,9 +148,10 @@ def exit_status(error: BaseException, run_dir: str) -> int | None:
 def job(cfg: DictConfig) -> float | None:
     """One Hydra job (a run, or one run of a sweep)."""
     run_dir = HydraConfig.get().runtime.output_dir
+    unused = drop_unused_settings(cfg)
     try:
         with signals_as_interrupts():
-            data = run_sweep_job(cfg, run_dir) if in_multirun() else run(cfg, run_dir)
+            data = run_sweep_job(cfg, run_dir, unused) if in_multirun() else run(cfg, run_dir)
     except BaseException as e:
         status = exit_status(e, run_dir)
         if status is None or (cfg.get("verbose") and not isinstance(e, KeyboardInterrupt)):
@@ -154,10 +175,15 @@ def job(cfg: DictConfig) -> float | None:
 def main() -> None:
     """The `fedexp` command: the command line is checked before Hydra touches any run
     directory (see command_line.py), then Hydra composes and runs `job`."""
-    problem = check_command_line(sys.argv[1:], config_dir())
-    if problem:
-        print(f"fedexp: error: {problem}", file=sys.stderr)
+    line = prepare(sys.argv[1:], config_dir())
+    if line.problem:
+        print(f"fedexp: error: {line.problem}", file=sys.stderr)
         sys.exit(2)
+    sys.argv[1:] = line.argv
+    if line.unused:
+        os.environ[UNUSED_ENV] = json.dumps(line.unused)
+    else:
+        os.environ.pop(UNUSED_ENV, None)
     job()
 
 

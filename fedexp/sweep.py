@@ -73,6 +73,12 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         jobs = job_statuses(sweep_dir)
+        if config.get("dry_run"):  # dry runs write no results.json: a job that failed did
+            failed = [job for job, status, _ in jobs if status != "no results.json"]
+            print(f"sweep (dry run): {len(jobs) - len(failed)} of {len(jobs)} jobs passed -> {sweep_dir}")
+            if failed:
+                sys.exit(1)
+            return
         bad = [(job, status, error) for job, status, error in jobs if status != "completed"]
         print(f"sweep: {len(jobs) - len(bad)} of {len(jobs)} jobs completed -> {sweep_dir}")
         for job, status, error in bad:

@@ -47,7 +47,10 @@ def _under(key: str, prefix: str) -> bool:
 
 
 def unused(run: Run, key: str) -> bool:
-    return any(_under(key, p) for p in UNUSED_BY_MODE.get(run.mode, ()))
+    """Settings the run did not use: those of the other mode, and those a sweep gave it
+    that its options do not have (results.json's `unused_settings`)."""
+    return (any(_under(key, p) for p in UNUSED_BY_MODE.get(run.mode, ()))
+            or any(_under(key, p) for p in run.results.get("unused_settings") or []))
 
 
 def parse_overrides(lines: list[str]) -> list[tuple[str, str]]:
