@@ -26,6 +26,20 @@ REPO = Path(__file__).resolve().parent.parent
 torch.set_num_threads(1)
 
 
+# Modules whose tests start Ray or fedexp processes: all of them are `slow`. Tests that use
+# the session's Ray cluster are marked too (pytest_collection_modifyitems), so that
+# `python -m pytest -m "not slow"` is the fast tier.
+SLOW_MODULES = {"test_sweeps", "test_cluster", "test_runs", "test_engine_start",
+                "test_interrupts_and_divergence", "test_install", "test_faults_runs", "test_run_dirs"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if (item.module.__name__ in SLOW_MODULES
+                or {"ray_cluster", "run_on_cluster"} & set(getattr(item, "fixturenames", ()))):
+            item.add_marker(pytest.mark.slow)
+
+
 def compose_cfg(*overrides: str):
     """The config as `fedexp ARGS` composes it."""
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
