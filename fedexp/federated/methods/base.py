@@ -103,20 +103,35 @@ class LocalFit:
     def lr(self) -> float:
         return float(self.config["lr"])
 
-    def trained_params(self) -> list[torch.nn.Parameter]:
-        """The model's trained parameters, in the payload's order."""
-        named = dict(self.model.named_parameters())
+    def trained_params(self, model: torch.nn.Module | None = None) -> list[torch.nn.Parameter]:
+        """The trained parameters of the model (or of another of the same shape), in the
+        payload's order."""
+        named = dict((model or self.model).named_parameters())
         return [named[self.layout.names[i]] for i in self.layout.trained_indices]
 
     def global_trained(self) -> list[torch.Tensor]:
         """The received (global) values of `trained_params`, as tensors beside them."""
-        device = next(self.model.parameters()).device
-        return [torch.as_tensor(np.asarray(self.global_weights[i], dtype=np.float32), device=device)
-                for i in self.layout.trained_indices]
+        return self.as_tensors([self.global_weights[i] for i in self.layout.trained_indices])
 
     def as_tensors(self, arrays: list[np.ndarray]) -> list[torch.Tensor]:
         device = next(self.model.parameters()).device
         return [torch.as_tensor(np.asarray(a, dtype=np.float32), device=device) for a in arrays]
+
+
+def squared_distance(params, anchor) -> torch.Tensor:
+    """||w - anchor||^2 over lists of tensors (differentiable in `params`)."""
+    return sum((p - a).pow(2).sum() for p, a in zip(params, anchor))
+
+
+class Proximal(TrainingHooks):
+    """(mu/2) ||w - anchor||^2 added to every step's loss: FedProx's local objective, and
+    Ditto's personal one."""
+
+    def __init__(self, mu: float, params, anchor):
+        self.mu, self.params, self.anchor = mu, params, anchor
+
+    def loss_term(self, model):
+        return 0.5 * self.mu * squared_distance(self.params, self.anchor)
 
 
 @dataclass

@@ -19,20 +19,9 @@ from flwr.common import FitIns
 from flwr.server.strategy import FedAvg
 
 from ...models import get_weights, set_weights
-from ...training import TrainingHooks
-from .base import ClientMethod, LocalEvaluation, LocalFit
+from .base import ClientMethod, LocalEvaluation, LocalFit, Proximal
 
 STATE_KEY = "ditto.personal"
-
-
-class _Proximal(TrainingHooks):
-    """(lambda/2) ||v - w^t||^2 over the trained parameters."""
-
-    def __init__(self, lam: float, params, anchor):
-        self.lam, self.params, self.anchor = lam, params, anchor
-
-    def loss_term(self, model):
-        return 0.5 * self.lam * sum((p - a).pow(2).sum() for p, a in zip(self.params, self.anchor))
 
 
 class DittoClient(ClientMethod):
@@ -43,9 +32,8 @@ class DittoClient(ClientMethod):
     def after_fit(self, fit: LocalFit) -> list[np.ndarray]:
         personal = fit.spare_model()
         set_weights(personal, fit.state.get(STATE_KEY) or fit.global_weights)
-        named = dict(personal.named_parameters())
-        params = [named[fit.layout.names[i]] for i in fit.layout.trained_indices]
-        stats = fit.train(personal, _Proximal(float(fit.config["lam"]), params, fit.global_trained()))
+        stats = fit.train(personal, Proximal(float(fit.config["lam"]), fit.trained_params(personal),
+                                             fit.global_trained()))
         fit.state.set(STATE_KEY, get_weights(personal))
         fit.metrics["personal_train_loss"] = stats["loss"]
         return []

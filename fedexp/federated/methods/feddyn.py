@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import ClientMethod, FedAvgBased, LocalFit, Sum
+from .base import ClientMethod, FedAvgBased, LocalFit, Sum, squared_distance
 
 STATE_KEY = "feddyn.grad"
 
@@ -41,7 +41,7 @@ class FedDynClient(ClientMethod):
 
     def loss_term(self, model):
         linear = sum((p * g).sum() for p, g in zip(self.params, self.grad))
-        quadratic = sum((p - a).pow(2).sum() for p, a in zip(self.params, self.anchor))
+        quadratic = squared_distance(self.params, self.anchor)
         return 0.5 * self.alpha * quadratic - linear
 
     def after_fit(self, fit: LocalFit) -> list[np.ndarray]:

@@ -10,7 +10,7 @@ w^t being the global model the client received. mu = 0 is FedAvg's client, bit f
 """
 from __future__ import annotations
 
-from .base import ClientMethod, LocalFit
+from .base import ClientMethod, LocalFit, Proximal
 
 
 class FedProxClient(ClientMethod):
@@ -18,10 +18,7 @@ class FedProxClient(ClientMethod):
 
     def before_fit(self, fit: LocalFit) -> None:
         self.mu = float(fit.config.get("proximal_mu", 0.0))
-        self.params = fit.trained_params()
-        self.anchor = fit.global_trained() if self.mu > 0 else None
+        self.term = Proximal(self.mu, fit.trained_params(), fit.global_trained()) if self.mu > 0 else None
 
     def loss_term(self, model):
-        if self.anchor is None:
-            return None
-        return 0.5 * self.mu * sum((p - a).pow(2).sum() for p, a in zip(self.params, self.anchor))
+        return None if self.term is None else self.term.loss_term(model)
