@@ -18,6 +18,17 @@ from fedexp.federated.methods.scaffold import STATE_KEY, ScaffoldClient
 from fedexp.models import get_weights
 
 
+def append(log_dir: Path, line: dict) -> None:
+    """One JSON line to this worker process's log file in `log_dir`."""
+    with open(Path(log_dir) / f"{os.getpid()}.jsonl", "a") as f:
+        f.write(json.dumps(line) + "\n")
+
+
+def logged(log_dir: Path) -> list[dict]:
+    """Every line the workers logged in `log_dir`."""
+    return [json.loads(line) for f in Path(log_dir).glob("*.jsonl") for line in f.read_text().splitlines()]
+
+
 def digest(arrays) -> str | None:
     if arrays is None:
         return None
@@ -37,8 +48,7 @@ class RecordingScaffoldClient(ScaffoldClient):
         line = {"partition": int(fit.config["partition_id"]), "round": int(fit.config["server_round"]),
                 "found": self.found, "left": digest(fit.state.get(STATE_KEY)),
                 "nonzero": bool(any(a.any() for a in fit.state.get(STATE_KEY)))}
-        with open(self.log_dir / f"{os.getpid()}.jsonl", "a") as f:
-            f.write(json.dumps(line) + "\n")
+        append(self.log_dir, line)
         return sent
 
 
@@ -49,19 +59,15 @@ class RecordingDittoClient(DittoClient):
     def __init__(self, log_dir: str):
         self.log_dir = Path(log_dir)
 
-    def _log(self, line: dict) -> None:
-        with open(self.log_dir / f"{os.getpid()}.jsonl", "a") as f:
-            f.write(json.dumps(line) + "\n")
-
     def after_fit(self, fit):
         sent = super().after_fit(fit)
-        self._log({"kind": "fit", "partition": int(fit.config["partition_id"]),
+        append(self.log_dir, {"kind": "fit", "partition": int(fit.config["partition_id"]),
                    "round": int(fit.config["server_round"]), "personal": digest(fit.state.get(PERSONAL))})
         return sent
 
     def before_evaluate(self, evaluation):
         received = digest(get_weights(evaluation.model))
         super().before_evaluate(evaluation)
-        self._log({"kind": "evaluate", "partition": int(evaluation.config["partition_id"]),
+        append(self.log_dir, {"kind": "evaluate", "partition": int(evaluation.config["partition_id"]),
                    "round": int(evaluation.config["server_round"]), "global": received,
                    "evaluated": digest(get_weights(evaluation.model))})

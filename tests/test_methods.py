@@ -16,7 +16,6 @@ end can be computed in closed form:
 """
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
@@ -25,6 +24,7 @@ from flwr.common import Code, FitRes, RecordDict, Status, ndarrays_to_parameters
 from flwr.server.strategy import FedAvg
 
 import flower_inprocess
+from recording_methods import logged
 from fedexp.data import ImageData, Partitions
 from fedexp.federated.methods.base import ClientState
 from fedexp.federated.methods.fednova import local_work
@@ -200,7 +200,7 @@ def test_a_clients_state_carries_over_between_the_rounds_it_is_sampled_in(run_on
                             "strategy.client._target_=recording_methods.RecordingScaffoldClient",
                             f"+strategy.client.log_dir={tmp_path}", name="scaffold_state")
     assert res["status"] == "completed"
-    fits = [json.loads(line) for f in tmp_path.glob("*.jsonl") for line in f.read_text().splitlines()]
+    fits = logged(tmp_path)
     assert len(fits) == 8 and len({f["partition"] for f in fits}) >= 3
     gaps = []
     for partition in {f["partition"] for f in fits}:

@@ -18,6 +18,7 @@ import pytest
 from omegaconf import OmegaConf
 
 import flower_inprocess
+from recording_methods import logged
 from fedexp.compare import main as compare
 from fedexp.federated.methods.base import DiskClientState
 from fedexp.federated.server.evaluation import AllClientsEvaluation
@@ -147,7 +148,7 @@ def test_a_personal_model_differs_from_the_global_one_and_stays_with_its_client(
                                   "strategy.client._target_=recording_methods.RecordingDittoClient",
                                   f"+strategy.client.log_dir={tmp_path}", name="ditto_personal")
     assert res["status"] == "completed"
-    events = [json.loads(line) for f in tmp_path.glob("*.jsonl") for line in f.read_text().splitlines()]
+    events = logged(tmp_path)
     stored = {}  # partition -> digest of the personal model it left after its last fit
     for e in sorted(events, key=lambda e: (e["round"], e["kind"] == "evaluate", e["partition"])):
         if e["kind"] == "fit":
