@@ -16,7 +16,6 @@ end can be computed in closed form:
 """
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
