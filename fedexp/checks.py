@@ -17,6 +17,10 @@ from omegaconf import DictConfig, ListConfig
 
 log = logging.getLogger("fedexp")
 
+# What a run returns to Hydra (`objective`), for sweepers that optimise it (e.g. Optuna):
+# the last round's (epoch's) test accuracy, the best of any round, the last test loss.
+OBJECTIVES = ("final_test_accuracy", "best_test_accuracy", "final_test_loss")
+
 
 class ConfigError(ValueError):
     """A setting is out of range; the message is meant for the user as it is."""
@@ -145,6 +149,8 @@ def _check_augment(cfg: DictConfig) -> None:
 
 
 def _check_evaluation(cfg: DictConfig) -> None:
+    objective = cfg.get("objective", "final_test_accuracy")
+    _need(objective in OBJECTIVES, "objective", objective, ", ".join(OBJECTIVES))
     every = (cfg.get("evaluation") or {}).get("all_clients_every", 0)
     _need(_is_int(every) and every >= 0, "evaluation.all_clients_every", every,
           "an integer >= 0 (0 = off, K = every K rounds and after the last)")

@@ -106,9 +106,54 @@ def _default_option(conf: Path, group: str) -> str:
     return "its default"
 
 
+# Hydra plugins behind options fedexp offers: option -> (the plugin's module, fedexp's extra).
+PLUGINS = {
+    "hydra/launcher/joblib": ("hydra_plugins.hydra_joblib_launcher", "joblib"),
+    "hydra/launcher/submitit_local": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+    "hydra/launcher/submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+    "hydra/launcher/slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+    "hydra/sweeper/optuna": ("hydra_plugins.hydra_optuna_sweeper", "optuna"),
+}
+
+
+def plugin_problem(option: str) -> str | None:
+    """The one-line error for a Hydra option (`hydra/launcher/joblib` or
+    `hydra/launcher=joblib`) whose plugin is not installed; None if it is, or unknown."""
+    import importlib.util
+
+    option = option.replace("=", "/")
+    if option not in PLUGINS:
+        return None
+    module, extra = PLUGINS[option]
+    try:
+        if importlib.util.find_spec(module) is not None:
+            return None
+    except ImportError:
+        pass
+    group, _, name = option.rpartition("/")
+    return (f"{group}={name} needs a Hydra plugin that is not installed: pip install -e '.[{extra}]' "
+            f"(the extra '{extra}'; '.[all]' installs every extra)")
+
+
+def _plugin_of_option(conf: Path, group: str, option: str) -> str | None:
+    """The missing-plugin error for a group option whose YAML picks a Hydra plugin (e.g.
+    hparams_search=optuna_lr: `override /hydra/sweeper: optuna`), else None."""
+    path = conf / group / f"{option}.yaml"
+    if not path.is_file():
+        return None
+    for group_name, name in re.findall(r"override\s+/?(hydra/(?:launcher|sweeper))\s*:\s*(\w+)", path.read_text()):
+        problem = plugin_problem(f"{group_name}={name}")
+        if problem:
+            return f"{group}={option}: {problem}"
+    return None
+
+
 def _composition_problem(error: Exception, conf: Path | None = None, choices: dict | None = None) -> str:
     from hydra.errors import MissingConfigException
 
+    for option in PLUGINS:
+        if option in f"{error} {error.__cause__ or ''}" and plugin_problem(option):
+            return plugin_problem(option)
     if isinstance(error, MissingConfigException) and error.options and error.missing_cfg_file:
         group, _, option = error.missing_cfg_file.rpartition("/")
         return f"{group}={option} is not allowed: the {group} options are {', '.join(error.options)}"
@@ -231,7 +276,9 @@ def _check(argv: list[str], conf: Path) -> CommandLine:
     to_compose, group_values, choices = [], {}, {}
     for o in overrides:
         if o.is_hydra_override():
-            problem = _output_dir_problem(o, args.multirun)
+            problem = _output_dir_problem(o, args.multirun) or next(
+                (plugin_problem(f"{o.key_or_group}={v}") for v in _values(o) or []
+                 if plugin_problem(f"{o.key_or_group}={v}")), None)
             if problem:
                 return CommandLine(problem, argv)
             continue
@@ -242,6 +289,9 @@ def _check(argv: list[str], conf: Path) -> CommandLine:
                 if v not in options and v != "null":
                     return CommandLine(f"{o.key_or_group}={v} is not allowed: the {o.key_or_group} "
                                        f"options are {', '.join(options)}", argv)
+                problem = _plugin_of_option(conf, o.key_or_group, v)
+                if problem:
+                    return CommandLine(problem, argv)
             group_values[o.key_or_group] = values
             choices[o.key_or_group] = values[0]
         if not o.is_sweep_override():

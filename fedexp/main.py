@@ -20,7 +20,7 @@ from .checks import ConfigError, check
 from .command_line import UNUSED_ENV, prepare, signature_of_job, fresh_dir
 from .data import DatasetError
 from .interrupts import signals_as_interrupts
-from .results import ResultsExistError, RunResults
+from .results import STEP_KEY, ResultsExistError, RunResults
 from .sweep import in_multirun, record_failed_job
 
 log = logging.getLogger("fedexp")
@@ -157,19 +157,33 @@ def job(cfg: DictConfig) -> float | None:
         if status is None or (cfg.get("verbose") and not isinstance(e, KeyboardInterrupt)):
             raise
         sys.exit(status)
-    if data is None or data["status"] == "dry_run":
+    if data is not None and data["status"] == "dry_run":
         return None
-    final = data.get("final") or {}
-    if data["status"] != "completed":
-        print(f"fedexp: run {data['status']}: {data.get('error')}; results and the last good "
-              f"model are in {run_dir}", file=sys.stderr)
-        if HydraConfig.get().mode != RunMode.MULTIRUN:  # a sweep goes on with its next job
+    if data is None or data["status"] != "completed":
+        if data is not None:
+            print(f"fedexp: run {data['status']}: {data.get('error')}; results and the last good "
+                  f"model are in {run_dir}", file=sys.stderr)
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
             sys.exit(1)
-        return None
+        return float("nan")  # a sweep goes on with its next job; Optuna records a failed trial
+    final = data.get("final") or {}
     log.info("%s run %s: final test accuracy %s, test loss %s (%.1fs) -> %s", cfg.mode,
              data["status"], final.get("test_accuracy"), final.get("test_loss"),
              data["wall_seconds"], run_dir)
-    return final.get("test_accuracy")
+    return objective(cfg, data)
+
+
+def objective(cfg: DictConfig, data: dict) -> float:
+    """The value a run returns to Hydra, named by `objective` (see checks.OBJECTIVES), from
+    its results: what a sweeper such as Optuna optimises (NaN when the run has none, e.g.
+    accuracy for a regression loss: Optuna then records a failed trial)."""
+    name = cfg.get("objective", "final_test_accuracy")
+    if name == "best_test_accuracy":
+        steps = data.get(STEP_KEY.get(str(cfg.mode), "rounds")) or []
+        scores = [s["test_accuracy"] for s in steps if isinstance(s.get("test_accuracy"), float)]
+        return max(scores) if scores else float("nan")
+    value = (data.get("final") or {}).get(name.removeprefix("final_"))
+    return float("nan") if value is None else value
 
 
 def main() -> None:
@@ -184,7 +198,12 @@ def main() -> None:
         os.environ[UNUSED_ENV] = json.dumps(line.unused)
     else:
         os.environ.pop(UNUSED_ENV, None)
-    job()
+    try:
+        job()
+    finally:  # a sweep that ended early (Ctrl-C, exit) never reached SweepRay's end
+        simulation = sys.modules.get("fedexp.federated.simulation")
+        if simulation is not None:
+            simulation.close_kept_session()
 
 
 def cli() -> None:

@@ -39,6 +39,15 @@ def in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+
+
+def jobs_in_this_process() -> bool:
+    """A multirun whose jobs run one after another in this process (Hydra's basic
+    launcher, also under a sweeper such as Optuna's): they can share one Ray."""
+    return in_multirun() and HydraConfig.get().launcher.get("_target_") == BASIC_LAUNCHER
+
+
 def record_failed_job(cfg: DictConfig, run_dir: str, error: BaseException) -> None:
     """Record `error` in the job's results.json (unless the job's run already did, or the
     directory holds another run's results) and report it in one line."""

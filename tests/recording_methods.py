@@ -3,16 +3,20 @@
 Named by `strategy.client._target_=recording_methods.RecordingScaffoldClient` with
 `+strategy.client.log_dir=DIR`: every fit, in whichever Ray worker runs it, appends one
 line to DIR/<pid>.jsonl with the client's partition, the round, and digests of the
-control variate it found in its state and of the one it left there.
+control variate it found in its state and of the one it left there. RecordingClient
+(FedAvg's client) logs which worker process, of which Ray job (driver), ran each fit, and
+when.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 
 from fedexp.federated.methods.ditto import STATE_KEY as PERSONAL
+from fedexp.federated.methods.base import ClientMethod
 from fedexp.federated.methods.ditto import DittoClient
 from fedexp.federated.methods.scaffold import STATE_KEY, ScaffoldClient
 from fedexp.models import get_weights
@@ -33,6 +37,24 @@ def digest(arrays) -> str | None:
     if arrays is None:
         return None
     return hashlib.sha256(b"".join(a.tobytes() for a in arrays)).hexdigest()
+
+
+class RecordingClient(ClientMethod):
+    def __init__(self, log_dir: str):
+        self.log_dir = Path(log_dir)
+
+    def before_fit(self, fit):
+        super().before_fit(fit)
+        self.start = time.time()
+
+    def after_fit(self, fit):
+        sent = super().after_fit(fit)
+        import ray
+
+        append(self.log_dir, {"pid": os.getpid(), "ray_job": ray.get_runtime_context().get_job_id(),
+                              "partition": int(fit.config["partition_id"]),
+                              "start": self.start, "end": time.time()})
+        return sent
 
 
 class RecordingScaffoldClient(ScaffoldClient):

@@ -32,6 +32,8 @@ EXPONENTIAL = ["partitioning.partitioner._target_=flwr_datasets.partitioner.Expo
 # (id, overrides, the line's expected content, stage): "config" = refused before any data
 # is loaded, "data" = refused after loading/partitioning the data, still before Ray.
 CASES = [
+    ("objective unknown", ["objective=accuracy"],
+     "objective=accuracy is not allowed: final_test_accuracy, best_test_accuracy, final_test_loss", "config"),
     ("fraction_fit 0", ["strategy.fraction_fit=0"],
      "strategy.fraction_fit=0 is not allowed: a fraction in (0, 1]", "config"),
     ("fraction_fit above 1", ["strategy.fraction_fit=1.5"],
@@ -307,3 +309,23 @@ def test_warnings_for_settings_that_do_nothing(make_cfg, caplog):
     with caplog.at_level(logging.WARNING, logger="fedexp"):
         checks.check(make_cfg())  # the defaults are quiet
     assert caplog.text == ""
+
+
+@pytest.mark.parametrize("args,extra", [
+    (["-m", "hydra/launcher=joblib", "seed=0,1"], "joblib"),
+    (["-m", "hydra/launcher=submitit_local", "seed=0,1"], "slurm"),
+    (["-m", "hydra/launcher=slurm", "seed=0,1"], "slurm"),
+    (["-m", "hparams_search=optuna_lr"], "optuna"),
+], ids=["joblib", "submitit_local", "slurm", "optuna"])
+def test_a_missing_hydra_plugin_is_one_line_naming_its_extra(fedexp_cli, monkeypatch, tmp_path, args, extra):
+    """As on a machine where the extra was not installed: Python cannot find the plugin."""
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name.startswith("hydra_plugins.") else find_spec(name, *a))
+    status, out, err, _ = fedexp_cli(*args, data_allowed=False)
+    lines = err.strip().splitlines()
+    assert status == 2 and len(lines) == 1, err
+    assert "needs a Hydra plugin that is not installed" in lines[0] and f"pip install -e '.[{extra}]'" in lines[0]
+    assert not (tmp_path / "sweep").exists()

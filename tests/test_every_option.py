@@ -26,7 +26,8 @@ from conftest import compose_cfg, run_cli
 from fedexp.main import config_dir, main
 from test_data import write_cifar10, write_idx, write_image_folder
 
-GROUPS = ("dataset", "partitioning", "model", "optimizer", "strategy", "device", "experiment")
+GROUPS = ("dataset", "partitioning", "model", "optimizer", "strategy", "device", "experiment",
+          "hparams_search")
 OPTIONS = {g: sorted(p.stem for p in (Path(config_dir()) / g).glob("*.yaml")) for g in GROUPS}
 NEEDS_CUDA = {("device", "cuda")}
 CASES = [(g, o) for g in GROUPS for o in OPTIONS[g]
@@ -124,7 +125,8 @@ def test_options_are_found_on_disk():
         OPTIONS["strategy"])
     assert {"cpu", "cuda", "auto"} <= set(OPTIONS["device"])
     assert {"tutorial", "niid_bench"} <= set(OPTIONS["experiment"])
-    assert len(CASES) >= 34
+    assert {"optuna_lr"} <= set(OPTIONS["hparams_search"])
+    assert len(CASES) >= 35
 
 
 @pytest.mark.parametrize("group,option", CASES, ids=[f"{g}={o}" for g, o in CASES])

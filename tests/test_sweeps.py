@@ -1,7 +1,7 @@
 """Real Hydra multiruns through the command line, then fedexp-compare on their directories.
 
-The 2 x 2 federated sweep is the only one that starts Ray (four times, one round each on
-digits with 2 clients); the failure sweep is centralized and fails fast.
+The 2 x 3 federated sweep is the only one that starts Ray (once for its six jobs, one round
+each on digits with 2 clients); the failure sweep is centralized and fails fast.
 """
 from __future__ import annotations
 
@@ -17,28 +17,33 @@ import pytest
 import yaml
 
 from conftest import REPO, read_results
+from fedexp.results import without_timing
+from recording_methods import logged
 
 TAG = "FEDEXP_TEST_PROCESS_TAG"
+SMALL = ("num_rounds=1", "num_clients=2")
 
 
 def run(module: str, *args: str, cwd: Path, timeout: float = 600):
-    """`python -m MODULE ARGS` as a user would run it."""
+    """`python -m MODULE ARGS` as a user would run it (tests/ importable, for the recording
+    client)."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "tests"),
+                                         env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
-def tagged_processes(tag: str, but: int = 0) -> list[str]:
-    """Live processes whose environment carries `tag` (Ray's GCS, raylet and workers inherit
-    it), except process `but`."""
+def tagged_processes(tag: str, but: int = 0) -> list[tuple[int, str]]:
+    """(pid, program) of the live processes whose environment carries `tag` (Ray's GCS,
+    raylet and workers inherit it), except process `but`."""
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         if int(pid) == but:
             continue
         try:
             if f"{TAG}={tag}".encode() in Path(f"/proc/{pid}/environ").read_bytes():
-                found.append(Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode())
+                found.append((int(pid), Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()))
         except OSError:
             pass
     return found
@@ -46,15 +51,15 @@ def tagged_processes(tag: str, but: int = 0) -> list[str]:
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    """The 2 x 2 sweep. As each job after the first starts, the processes left from the
-    jobs before it are listed (Ray's processes inherit a tag from the sweep's environment)."""
+    """The 2 x 3 sweep (seed 0 twice). As each job after the first starts, the processes
+    left from the jobs before it are listed (Ray's processes inherit a tag from the sweep's
+    environment)."""
     cwd = tmp_path_factory.mktemp("user")
     sweep_dir = cwd / "sweep"
     tag = uuid.uuid4().hex
     env = dict(os.environ, PYTHONUNBUFFERED="1", **{TAG: tag})
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    args = ["-m", "num_rounds=1", "num_clients=2", "strategy.fraction_fit=0.5,1.0", "seed=0,1",
-            f"hydra.sweep.dir={sweep_dir}"]
+    args = ["-m", *SMALL, "strategy.fraction_fit=0.5,1.0", "seed=0,1,0", f"hydra.sweep.dir={sweep_dir}"]
     leftovers, lines = {}, []
     with (cwd / "stderr.txt").open("w+") as err:
         proc = subprocess.Popen([sys.executable, "-m", "fedexp", *args], cwd=cwd, env=env,
@@ -74,7 +79,7 @@ def sweep(tmp_path_factory):
 def test_every_job_writes_its_full_results(sweep):
     sweep_dir, stdout, _, _ = sweep
     jobs = sorted(p for p in sweep_dir.iterdir() if p.is_dir())
-    assert [j.name for j in jobs] == ["0", "1", "2", "3"]
+    assert [j.name for j in jobs] == ["0", "1", "2", "3", "4", "5"]
     seen = set()
     for job in jobs:
         res = read_results(job)
@@ -86,16 +91,114 @@ def test_every_job_writes_its_full_results(sweep):
             assert (job / name).is_file(), (job, name)
         assert (job / "results.png").stat().st_size > 10_000
     assert len(seen) == 4
-    assert stdout.count("round 1/1 |") == 4 and "sweep: 4 of 4 jobs completed" in stdout
+    assert stdout.count("round 1/1 |") == 6 and "sweep: 6 of 6 jobs completed" in stdout
 
 
-def test_jobs_leave_no_ray_process_behind(sweep):
-    """Each job's Ray has stopped, all its processes gone, before the next job starts."""
-    if not Path("/proc/self/environ").exists():
-        pytest.skip("needs /proc")
-    _, _, tag, leftovers = sweep
-    assert leftovers == {1: [], 2: [], 3: []}
-    assert tagged_processes(tag) == []
+def test_the_jobs_share_one_ray_and_nothing_else(sweep):
+    """Ray starts once: every job after the first finds the same Ray processes (its GCS, its
+    raylet, the client workers) and none is left when the sweep ends. Yet a job does not
+    inherit anything of the jobs before it: the same settings later in the sweep, on the
+    warm workers, give the same results."""
+    sweep_dir, stdout, tag, leftovers = sweep
+    assert stdout.count("starting Ray") == 1 and stdout.count("Ray of the job before") == 5
+    if Path("/proc/self/environ").exists():
+        assert sorted(leftovers) == [1, 2, 3, 4, 5]
+        programs = {program.rsplit("/", 1)[-1] for _, program in leftovers[1]}
+        assert {"gcs_server", "raylet"} <= programs, programs
+        assert all(leftovers[job] == leftovers[1] for job in leftovers)
+        assert tagged_processes(tag) == []
+    twice = [runs for (_, seed), runs in results_by_settings(sweep_dir).items() if seed == "seed=0"]
+    assert len(twice) == 2 and all(len(runs) == 2 and runs[0] == runs[1] for runs in twice)
+
+
+def results_by_settings(sweep_dir: Path) -> dict[tuple[str, str], list[dict]]:
+    """Each job's results without timing keys, by its (strategy.fraction_fit, seed) overrides."""
+    out = {}
+    for job in sorted(p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()):
+        overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
+        key = tuple(next(o for o in overrides if o.startswith(f"{name}="))
+                    for name in ("strategy.fraction_fit", "seed"))
+        out.setdefault(key, []).append(without_timing(read_results(job)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def parallel_sweep(tmp_path_factory):
+    """Four jobs of the 2 x 3 sweep again, two at a time with Hydra's joblib launcher, on a
+    sweep Ray of 2 CPUs. Every fit logs its worker process, its Ray job and when it ran."""
+    cwd = tmp_path_factory.mktemp("parallel")
+    log_dir = cwd / "fits"
+    log_dir.mkdir()
+    proc = run("fedexp", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "simulation.num_cpus=2",
+               *SMALL, "strategy.fraction_fit=0.5,1.0", "seed=0,1",
+               "strategy.client._target_=recording_methods.RecordingClient",
+               f"+strategy.client.log_dir={log_dir}", f"hydra.sweep.dir={cwd / 'sweep'}", cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return cwd / "sweep", log_dir
+
+
+def test_parallel_jobs_give_the_results_of_the_sequential_sweep(sweep, parallel_sweep):
+    sequential, parallel = results_by_settings(sweep[0]), results_by_settings(parallel_sweep[0])
+    assert len(parallel) == 4 and all(len(runs) == 1 for runs in parallel.values())
+    for settings, runs in parallel.items():
+        assert runs[0]["status"] == "completed" and runs[0] == sequential[settings][0], settings
+    for job in parallel_sweep[0].iterdir():
+        if job.is_dir() and (job / ".hydra").is_dir():
+            assert "joining the sweep's Ray" in (job / "main.log").read_text()
+
+
+def test_parallel_jobs_hold_no_more_client_actors_than_rays_cpus(parallel_sweep):
+    """Two jobs at once on 2 CPUs: each job gets one client actor (the same worker process
+    for all its fits), and no more than 2 fits ever run at the same moment."""
+    fits = logged(parallel_sweep[1])
+    assert len(fits) == 2 * 1 + 2 * 2  # 4 jobs, 1 round, fraction_fit 0.5 or 1.0 of 2 clients
+    by_job = {}
+    for fit in fits:
+        by_job.setdefault(fit["ray_job"], set()).add(fit["pid"])
+    assert len(by_job) == 4 and all(len(pids) == 1 for pids in by_job.values()), by_job
+    events = sorted([(f["start"], 1) for f in fits] + [(f["end"], -1) for f in fits])
+    running = peak = 0
+    for _, change in events:
+        running += change
+        peak = max(peak, running)
+    assert peak <= 2
+
+
+def test_submitit_local_runs_the_jobs_of_a_sweep(sweep, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    proc = run("fedexp", "-m", "hydra/launcher=submitit_local", *SMALL, "strategy.fraction_fit=1.0",
+               "seed=0,1", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sequential = results_by_settings(sweep[0])
+    for settings, runs in results_by_settings(sweep_dir).items():
+        assert runs[0] == sequential[settings][0], settings
+    assert len(results_by_settings(sweep_dir)) == 2
+
+
+def test_the_slurm_option_composes(tmp_path):
+    proc = run("fedexp", "--cfg", "hydra", "hydra/launcher=slurm", "hydra.launcher.partition=gpu", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    launcher = yaml.safe_load(proc.stdout)["hydra"]["launcher"]
+    assert launcher["_target_"] == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert (launcher["partition"], launcher["cpus_per_task"], launcher["timeout_min"]) == ("gpu", 8, 120)
+
+
+def test_optuna_reports_the_best_trial(tmp_path):
+    """Four trials over optimizer.lr; each returns its final test accuracy (`objective`)."""
+    sweep_dir = tmp_path / "sweep"
+    proc = run("fedexp", "-m", "hparams_search=optuna_lr", "hydra.sweeper.n_trials=4", *SMALL,
+               f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    trials = {}
+    for job in sweep_dir.iterdir():
+        if (job / ".hydra").is_dir():
+            overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
+            lr = float(next(o for o in overrides if o.startswith("optimizer.lr=")).partition("=")[2])
+            trials[lr] = read_results(job)["final"]["test_accuracy"]
+    assert len(trials) == 4 and all(1e-4 <= lr <= 1e-1 for lr in trials)
+    assert best["best_value"] == max(trials.values())
+    assert trials[best["best_params"]["optimizer.lr"]] == best["best_value"]
 
 
 def test_compare_the_sweep(sweep, tmp_path):
@@ -104,7 +207,7 @@ def test_compare_the_sweep(sweep, tmp_path):
     proc = run("fedexp.compare", str(sweep_dir), "--csv", str(out_csv), "--plot", str(png), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     rows = list(csv.DictReader(out_csv.open()))
-    assert len(rows) == 4
+    assert len(rows) == 6
     columns = list(rows[0])
     assert columns[:3] == ["run", "strategy.fraction_fit", "seed"]   # what differs, nothing else
     for row in rows:
@@ -118,7 +221,7 @@ def test_compare_the_sweep(sweep, tmp_path):
     assert accs == sorted(accs, reverse=True)
     # printed: 4 run rows, then one seed group per fraction
     lines = proc.stdout.splitlines()
-    assert lines[0].startswith("4 runs") and len([l for l in lines[3:7] if "completed" in l]) == 4
+    assert lines[0].startswith("6 runs") and len([l for l in lines[3:9] if "completed" in l]) == 6
     assert sum(l.count(" ± ") == 3 for l in lines) == 2
     assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size > 10_000
 

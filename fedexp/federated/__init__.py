@@ -30,7 +30,8 @@ from . import strategies
 from .client import ClientSpec, make_client_app
 from .payload import ModelLayout
 from .server import AllClientsEvaluation, PartitionClientManager, RunEnded, ServerStrategy
-from .simulation import ray_session, run_engine
+from ..sweep import jobs_in_this_process
+from .simulation import kept_session_fits, ray_session, run_engine, sweep_ray
 
 
 def build_strategy(work: Workload, model: torch.nn.Module):
@@ -88,23 +89,28 @@ def run(work: Workload, results: RunResults) -> torch.nn.Module:
         server=server, config=ServerConfig(num_rounds=cfg.num_rounds)))
     client_cpus = cfg.device.client_cpus
     client_gpus = float(cfg.device.client_gpus) if work.device.type == "cuda" else 0.0
+    address, share = sweep_ray(cfg.simulation.ray_address)
+    ray_settings = (address, cfg.simulation.num_cpus, cfg.simulation.num_gpus, cfg.verbose,
+                    cfg.simulation.get("worker_niceness"))
     progress.start_line(f"federated: {progress.count(cfg.num_rounds, 'round')}, "
                         f"{progress.count(cfg.num_clients, 'client')}, "
-                        f"{type(strategy.inner).__name__} on {cfg.dataset.name}; starting Ray")
+                        f"{type(strategy.inner).__name__} on {cfg.dataset.name}; "
+                        + ("on the Ray of the job before" if kept_session_fits(*ray_settings) else
+                           "joining the sweep's Ray" if address != cfg.simulation.ray_address else
+                           "starting Ray"))
     status, error, interrupt = "completed", None, None
     try:
-        with ray_session(cfg.simulation.ray_address, cfg.simulation.num_cpus, cfg.simulation.num_gpus,
-                         cfg.verbose, cfg.simulation.get("worker_niceness")) as session:
+        with ray_session(*ray_settings, keep=jobs_in_this_process()) as session:
             data_ref = session.ray.put({"x": work.data.x_train, "y": work.data.y_train,
                                         "train": work.parts.train, "val": work.parts.val})
             spec = ClientSpec(cfg=OmegaConf.to_container(cfg, resolve=True), data_ref=data_ref,
                               device=str(work.device), threads=max(1, int(client_cpus)),
                               state_dir=state_dir(cfg, results.dir))
             resources = {"num_cpus": client_cpus, "num_gpus": client_gpus}
-            slots = min(session.client_slots(resources), cfg.num_clients)
+            slots = min(session.client_slots(resources, share), cfg.num_clients)
             strategy.wait_for_clients = lambda: session.wait_for_workers(slots, strategy.stop)
             run_engine(server_app, make_client_app(spec), cfg.num_clients, resources, cfg.verbose,
-                       stop=strategy.stop.set, session=session)
+                       stop=strategy.stop.set, session=session, actors=slots)
     except RunEnded as e:
         status, error = e.status, str(e)
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (see fedexp/interrupts.py)

@@ -36,6 +36,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
 
 class _DropRunSimulationDeprecation(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
@@ -53,19 +56,28 @@ class _DropClientTracebacks(logging.Filter):
 
 @dataclass
 class RaySession:
-    """A started (or joined) Ray, and where a local Ray's workers report that they are ready."""
+    """A started (or joined) Ray, and where a local Ray's workers report that they are ready.
+
+    In a sweep the session outlives a job (see `ray_session(keep=True)`), and so does
+    `pool`, the client actors of the job before, which the next job takes over if it asks
+    for actors of the same resources (see ClientPool)."""
 
     ray: Any
     ready_dir: str | None  # see worker.py; None for a joined cluster
     tag: str               # the _TAG value every process of a local Ray inherits
+    settings: tuple = ()   # what it was started with; a job asking for others gets a new Ray
+    local: bool = True     # started here (False: a cluster this process joined)
+    pool: Any = None       # Flower's BasicActorPool, kept between the jobs of a sweep
+    reusable: bool = True  # False once a run left it in a state the next job must not inherit
 
-    def client_slots(self, client_resources: dict) -> int:
-        """How many client actors Flower's pool will hold: as many as the resources fit."""
+    def client_slots(self, client_resources: dict, share: int = 1) -> int:
+        """How many client actors fit in Ray's resources, divided among `share` jobs that
+        use this Ray at the same time (see SweepRay); at least one."""
         total = self.ray.cluster_resources()
         slots = int(total.get("CPU", 0) // client_resources["num_cpus"])
         if client_resources.get("num_gpus"):
             slots = min(slots, int(total.get("GPU", 0) // client_resources["num_gpus"]))
-        return max(slots, 1)
+        return max(slots // max(share, 1), 1)
 
     def wait_for_workers(self, count: int, stop: threading.Event, timeout: float = 60.0) -> float:
         """Wait until `count` worker processes have finished starting (imports and torch's
@@ -90,15 +102,130 @@ class RaySession:
         except ImportError:  # no psutil (it ships with Ray): trust the marks
             return sorted(marked)
 
+    def alive(self) -> bool:
+        return self.reusable and self.ray.is_initialized()
+
+    def fits(self, settings: tuple) -> bool:
+        return self.settings == settings and self.alive()
+
+    def close(self) -> None:
+        """Shut Ray down (a joined cluster: disconnect) and end the local Ray's processes."""
+        self.pool = None
+        self.ray.shutdown()
+        if self.local:
+            _stop_leftovers(self.tag)
+        if os.environ.get(_TAG) == self.tag:
+            os.environ.pop(_TAG, None)
+        if self.ready_dir:
+            shutil.rmtree(self.ready_dir, ignore_errors=True)
+
+
+_KEPT: dict[str, RaySession] = {}  # the session a sweep's jobs share, between two jobs
+
+SWEEP_ADDRESS = "FEDEXP_SWEEP_RAY"  # the local Ray that a sweep's concurrent jobs join
+SWEEP_SHARE = "FEDEXP_SWEEP_SHARE"  # how many of those jobs run at the same time
+# Launchers that run a sweep's jobs at the same time on this machine, and the setting that
+# says how many at once.
+CONCURRENT_LAUNCHERS = {
+    "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher": "n_jobs",
+    "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher": "array_parallelism",
+}
+
+
+def sweep_ray(address: str | None) -> tuple[str | None, int]:
+    """The Ray a job uses (None: a local one of its own) and how many jobs share it at once:
+    the configured `simulation.ray_address` if any, else the sweep's (see SweepRay)."""
+    if address or not os.environ.get(SWEEP_ADDRESS):
+        return address, 1
+    return os.environ[SWEEP_ADDRESS], max(int(os.environ.get(SWEEP_SHARE, "1")), 1)
+
+
+class SweepRay(Callback):
+    """One Ray for a whole multirun (`hydra.callbacks.sweep_ray` in conf/config.yaml).
+
+    Jobs that Hydra runs one after another in this process keep their Ray, client workers
+    and actors for the next job (`ray_session(keep=True)`); the end of the sweep ends it.
+    For a launcher that runs jobs at the same time in other processes of this machine
+    (joblib, submitit_local), this process starts one local Ray before the first job; every
+    job joins it and takes 1/n_jobs of its client slots (at least one), so that the actors
+    of all jobs together fit in the CPUs and GPUs Ray was given. A sweep sent to other machines (Slurm) is left alone:
+    each of its jobs starts Ray where it runs."""
+
+    def __init__(self) -> None:
+        self.head: RaySession | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        launcher = config.hydra.launcher.get("_target_")
+        sim = config.get("simulation") or {}
+        if (launcher not in CONCURRENT_LAUNCHERS or sim.get("ray_address")
+                or config.get("mode") != "federated" or config.get("dry_run")):
+            return
+        n_jobs = int(config.hydra.launcher.get(CONCURRENT_LAUNCHERS[launcher]) or 1)
+        if n_jobs < 0:  # joblib's convention: -1 all CPUs, -2 all but one, ...
+            n_jobs = max((os.cpu_count() or 1) + 1 + n_jobs, 1)
+        self.head = _start(None, sim.get("num_cpus"), sim.get("num_gpus"), bool(config.get("verbose")),
+                           sim.get("worker_niceness"))
+        os.environ[SWEEP_ADDRESS] = self.head.ray.get_runtime_context().gcs_address
+        os.environ[SWEEP_SHARE] = str(n_jobs)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        close_kept_session()
+        if self.head is not None:
+            os.environ.pop(SWEEP_ADDRESS, None)
+            os.environ.pop(SWEEP_SHARE, None)
+            self.head.close()
+            self.head = None
+
+
+def kept_session_fits(address: str | None, num_cpus: int | None, num_gpus: float | None,
+                      verbose: bool, niceness: int | None = None) -> bool:
+    """Whether `ray_session` with these settings will take over the Ray of the job before."""
+    session = _KEPT.get("session")
+    return session is not None and session.fits((address, num_cpus, num_gpus, bool(verbose), niceness))
+
+
+def close_kept_session() -> None:
+    """End the Ray that the jobs of a sweep shared (see `ray_session(keep=True)`)."""
+    session = _KEPT.pop("session", None)
+    if session is not None:
+        session.close()
+
 
 @contextmanager
 def ray_session(address: str | None, num_cpus: int | None, num_gpus: float | None, verbose: bool,
-                niceness: int | None = None):
-    """Start (or join, with `address`) Ray for one run, yield a RaySession; always shut it down.
+                niceness: int | None = None, keep: bool = False):
+    """Start (or join, with `address`) Ray for one run and yield a RaySession.
+
+    Without `keep` it is shut down when the run ends. With `keep` (the jobs of a sweep
+    that run one after another in this process) it stays up for the next job, which takes
+    it over if it asks for the same Ray settings: a sweep starts Ray and its client
+    workers once. Ctrl-C, or a run that leaves the session unfit for another, ends it.
 
     A local Ray's workers run at `niceness`, by default this process's own: Ray's default
     of 15 makes the clients yield to any other work on the machine, which skews every
     timing of a run that shares it."""
+    settings = (address, num_cpus, num_gpus, bool(verbose), niceness)
+    session = _KEPT.pop("session", None)
+    if session is not None and not session.fits(settings):
+        session.close()
+        session = None
+    if session is None:
+        session = _start(address, num_cpus, num_gpus, verbose, niceness)
+        session.settings = settings
+    try:
+        yield session
+    except KeyboardInterrupt:  # the sweep stops too: nothing to keep it for
+        session.reusable = False
+        raise
+    finally:
+        if keep and session.alive():
+            _KEPT["session"] = session
+        else:
+            session.close()
+
+
+def _start(address: str | None, num_cpus: int | None, num_gpus: float | None, verbose: bool,
+           niceness: int | None) -> RaySession:
     # Ray >= 2.5x warns on every start that it will stop overriding CUDA_VISIBLE_DEVICES
     # for num_gpus=0; opting in to that future behaviour silences it.
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
@@ -133,6 +260,7 @@ def ray_session(address: str | None, num_cpus: int | None, num_gpus: float | Non
     sigterm = signal.getsignal(signal.SIGTERM) if in_main else None
     inherited = {"PYTHONPATH": pythonpath, READY_DIR: ready_dir} if ready_dir else {}
     saved = {name: os.environ.get(name) for name in inherited}
+    session = RaySession(ray, ready_dir, tag, local=not address)
     try:
         os.environ.update(inherited)
         try:
@@ -142,14 +270,10 @@ def ray_session(address: str | None, num_cpus: int | None, num_gpus: float | Non
                 _restore_env(name, value)
         if in_main and sigterm is not None:
             signal.signal(signal.SIGTERM, sigterm)
-        yield RaySession(ray, ready_dir, tag)
-    finally:
-        ray.shutdown()
-        if not address:
-            _stop_leftovers(tag)
-        os.environ.pop(_TAG, None)
-        if ready_dir:
-            shutil.rmtree(ready_dir, ignore_errors=True)
+    except BaseException:
+        session.close()
+        raise
+    return session
 
 
 READY_DIR = "FEDEXP_READY_DIR"  # worker.py marks each started worker process here
@@ -224,9 +348,70 @@ def _kill_workers(pids: list[int]) -> None:
             pass
 
 
+def client_pool(session: RaySession, actors: int):
+    """Flower's Ray backend, with the two things fedexp changes: how many client actors
+    the run gets (`actors`, its share of Ray's resources: jobs that run at the same time on
+    one Ray never hold more actors than the CPUs and GPUs Ray was given), and who owns Ray
+    and the actors when the run ends (the session: Flower's own backend shuts Ray down,
+    which would make every job of a sweep start Ray and its workers again).
+
+    Flower's engine builds its backend by the name `RayBackend` in its raybackend module
+    each time it starts (flwr 1.42's vce_api; pyproject bounds flwr to such releases), so
+    `run_engine` puts this class there for the length of one run."""
+    from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
+    from flwr.simulation.ray_transport.ray_actor import BasicActorPool, ClientAppActor
+
+    class ClientPool(RayBackend):
+        def build(self, app_fn) -> None:
+            pool, session.pool = session.pool, None
+            if pool is not None and pool.client_resources != self.client_resources:
+                _end_actors(pool)
+                pool = None
+            if pool is None:
+                pool = BasicActorPool(ClientAppActor, self.client_resources, self.actor_kwargs)
+            if pool.num_actors < actors:
+                pool.add_actors_to_pool(actors - pool.num_actors)
+            while pool.num_actors > actors:
+                pool.pool.pop().terminate.remote()
+                pool.num_actors -= 1
+            self.pool, self.app_fn = pool, app_fn
+
+        def terminate(self) -> None:
+            pool, self.pool = self.pool, None
+            if pool is None:
+                return
+            if len(pool.pool) == pool.num_actors:  # every actor idle: the next job's
+                session.pool = pool
+            else:  # work still out on some actor (the run stopped mid-round)
+                _end_actors(pool)
+                session.reusable = False
+
+    return ClientPool
+
+
+def _end_actors(pool) -> None:
+    for actor in pool.pool:
+        actor.terminate.remote()
+    pool.pool.clear()
+    pool.num_actors = 0
+
+
+@contextmanager
+def _engine_backend(backend) -> Any:
+    from flwr.server.superlink.fleet.vce.backend import raybackend
+
+    flowers = raybackend.RayBackend
+    raybackend.RayBackend = backend
+    try:
+        yield
+    finally:
+        raybackend.RayBackend = flowers
+
+
 def run_engine(server_app, client_app, num_clients: int, client_resources: dict, verbose: bool,
-               stop, session: RaySession) -> None:
-    """Run the ServerApp against `num_clients` virtual ClientApps until it returns.
+               stop, session: RaySession, actors: int) -> None:
+    """Run the ServerApp against `num_clients` virtual ClientApps, on `actors` Ray actors,
+    until it returns.
 
     `stop()` must make the ServerApp end soon; it is called on SIGINT/SIGTERM, after
     which this raises `Interrupted` once the engine has wound down."""
@@ -250,7 +435,7 @@ def run_engine(server_app, client_app, num_clients: int, client_resources: dict,
             killer.start()
 
     try:
-        with deferred_interrupts(on_signal):
+        with deferred_interrupts(on_signal), _engine_backend(client_pool(session, actors)):
             run_simulation(
                 server_app=server_app,
                 client_app=client_app,
