@@ -74,7 +74,12 @@ def test_sigterm_during_long_client_work_stops_the_client_workers(tmp_path):
     while "starting Ray" not in _text(run_dir / "main.log") and time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.2)
-    time.sleep(20)  # Ray and the client workers start; round 1's fit is under way
+    # Ray names a worker's process after the actor method it runs: both clients are fitting
+    while (sum("ray::ClientAppActor.run" in p for p in session_processes(proc.pid)) < 2
+           and time.monotonic() < deadline):
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    time.sleep(1)
     assert proc.poll() is None and not read_results(run_dir)["rounds"]
     proc.send_signal(signal.SIGTERM)
     t0 = time.monotonic()
