@@ -150,7 +150,7 @@ def _check_augment(cfg: DictConfig) -> None:
 
 def _check_evaluation(cfg: DictConfig) -> None:
     objective = cfg.get("objective", "final_test_accuracy")
-    _need(objective in OBJECTIVES, "objective", objective, ", ".join(OBJECTIVES))
+    _need(objective in OBJECTIVES, "objective", objective, "one of " + ", ".join(OBJECTIVES))
     every = (cfg.get("evaluation") or {}).get("all_clients_every", 0)
     _need(_is_int(every) and every >= 0, "evaluation.all_clients_every", every,
           "an integer >= 0 (0 = off, K = every K rounds and after the last)")

@@ -33,7 +33,7 @@ EXPONENTIAL = ["partitioning.partitioner._target_=flwr_datasets.partitioner.Expo
 # is loaded, "data" = refused after loading/partitioning the data, still before Ray.
 CASES = [
     ("objective unknown", ["objective=accuracy"],
-     "objective=accuracy is not allowed: final_test_accuracy, best_test_accuracy, final_test_loss", "config"),
+     "objective=accuracy is not allowed: one of final_test_accuracy, best_test_accuracy, final_test_loss", "config"),
     ("fraction_fit 0", ["strategy.fraction_fit=0"],
      "strategy.fraction_fit=0 is not allowed: a fraction in (0, 1]", "config"),
     ("fraction_fit above 1", ["strategy.fraction_fit=1.5"],
