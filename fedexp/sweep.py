@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -46,6 +47,49 @@ def jobs_in_this_process() -> bool:
     """A multirun whose jobs run one after another in this process (Hydra's basic
     launcher, also under a sweeper such as Optuna's): they can share one Ray."""
     return in_multirun() and HydraConfig.get().launcher.get("_target_") == BASIC_LAUNCHER
+
+
+# Launchers that run a sweep's jobs at the same time on this machine, and their setting
+# that says how many at once.
+CONCURRENT_LAUNCHERS = {
+    "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher": "n_jobs",
+    "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher": "array_parallelism",
+}
+
+
+class SweepRay(Callback):
+    """One Ray for a whole multirun (`hydra.callbacks.sweep_ray` in conf/config.yaml).
+
+    Jobs that Hydra runs one after another in this process keep their Ray, client workers
+    and actors for the next job (simulation.ray_session(keep=True)); the end of the sweep
+    ends it. For a launcher that runs jobs at the same time in other processes of this
+    machine (joblib, submitit_local), this process starts one local Ray before the first
+    job, which every job joins with its share of the client slots (simulation.start_sweep_ray).
+    A sweep sent to other machines (Slurm) is left alone: each job starts Ray where it
+    runs. Hydra builds this callback for every run, so Ray's code is imported only when a
+    sweep needs it."""
+
+    def __init__(self) -> None:
+        self.head = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        launcher = config.hydra.launcher.get("_target_")
+        simulation = config.get("simulation") or {}
+        if (launcher not in CONCURRENT_LAUNCHERS or simulation.get("ray_address")
+                or config.get("mode") != "federated" or config.get("dry_run")):
+            return
+        n_jobs = int(config.hydra.launcher.get(CONCURRENT_LAUNCHERS[launcher]) or 1)
+        if n_jobs < 0:  # joblib's convention: -1 all CPUs, -2 all but one, ...
+            n_jobs = max((os.cpu_count() or 1) + 1 + n_jobs, 1)
+        from .federated.simulation import start_sweep_ray
+
+        self.head = start_sweep_ray(simulation, bool(config.get("verbose")), n_jobs)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        simulation = sys.modules.get("fedexp.federated.simulation")
+        if simulation is not None:
+            simulation.end_sweep_ray(self.head)
+            self.head = None
 
 
 def record_failed_job(cfg: DictConfig, run_dir: str, error: BaseException) -> None:

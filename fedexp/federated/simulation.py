@@ -36,8 +36,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
 
 
 class _DropRunSimulationDeprecation(logging.Filter):
@@ -72,7 +70,7 @@ class RaySession:
 
     def client_slots(self, client_resources: dict, share: int = 1) -> int:
         """How many client actors fit in Ray's resources, divided among `share` jobs that
-        use this Ray at the same time (see SweepRay); at least one."""
+        use this Ray at the same time (see start_sweep_ray); at least one."""
         total = self.ray.cluster_resources()
         slots = int(total.get("CPU", 0) // client_resources["num_cpus"])
         if client_resources.get("num_gpus"):
@@ -124,57 +122,35 @@ _KEPT: dict[str, RaySession] = {}  # the session a sweep's jobs share, between t
 
 SWEEP_ADDRESS = "FEDEXP_SWEEP_RAY"  # the local Ray that a sweep's concurrent jobs join
 SWEEP_SHARE = "FEDEXP_SWEEP_SHARE"  # how many of those jobs run at the same time
-# Launchers that run a sweep's jobs at the same time on this machine, and the setting that
-# says how many at once.
-CONCURRENT_LAUNCHERS = {
-    "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher": "n_jobs",
-    "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher": "array_parallelism",
-}
 
 
 def sweep_ray(address: str | None) -> tuple[str | None, int]:
     """The Ray a job uses (None: a local one of its own) and how many jobs share it at once:
-    the configured `simulation.ray_address` if any, else the sweep's (see SweepRay)."""
+    the configured `simulation.ray_address` if any, else the sweep's (see start_sweep_ray)."""
     if address or not os.environ.get(SWEEP_ADDRESS):
         return address, 1
     return os.environ[SWEEP_ADDRESS], max(int(os.environ.get(SWEEP_SHARE, "1")), 1)
 
 
-class SweepRay(Callback):
-    """One Ray for a whole multirun (`hydra.callbacks.sweep_ray` in conf/config.yaml).
+def start_sweep_ray(simulation: dict, verbose: bool, n_jobs: int) -> RaySession:
+    """Start the local Ray that `n_jobs` jobs running at the same time in other processes
+    of this machine join (see sweep.SweepRay); they find it through the environment they
+    inherit, and each takes 1/n_jobs of its client slots (at least one), so that the
+    actors of all jobs together fit in the CPUs and GPUs Ray was given."""
+    head = _start(None, simulation.get("num_cpus"), simulation.get("num_gpus"), verbose,
+                  simulation.get("worker_niceness"))
+    os.environ[SWEEP_ADDRESS] = head.ray.get_runtime_context().gcs_address
+    os.environ[SWEEP_SHARE] = str(n_jobs)
+    return head
 
-    Jobs that Hydra runs one after another in this process keep their Ray, client workers
-    and actors for the next job (`ray_session(keep=True)`); the end of the sweep ends it.
-    For a launcher that runs jobs at the same time in other processes of this machine
-    (joblib, submitit_local), this process starts one local Ray before the first job; every
-    job joins it and takes 1/n_jobs of its client slots (at least one), so that the actors
-    of all jobs together fit in the CPUs and GPUs Ray was given. A sweep sent to other machines (Slurm) is left alone:
-    each of its jobs starts Ray where it runs."""
 
-    def __init__(self) -> None:
-        self.head: RaySession | None = None
-
-    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        launcher = config.hydra.launcher.get("_target_")
-        sim = config.get("simulation") or {}
-        if (launcher not in CONCURRENT_LAUNCHERS or sim.get("ray_address")
-                or config.get("mode") != "federated" or config.get("dry_run")):
-            return
-        n_jobs = int(config.hydra.launcher.get(CONCURRENT_LAUNCHERS[launcher]) or 1)
-        if n_jobs < 0:  # joblib's convention: -1 all CPUs, -2 all but one, ...
-            n_jobs = max((os.cpu_count() or 1) + 1 + n_jobs, 1)
-        self.head = _start(None, sim.get("num_cpus"), sim.get("num_gpus"), bool(config.get("verbose")),
-                           sim.get("worker_niceness"))
-        os.environ[SWEEP_ADDRESS] = self.head.ray.get_runtime_context().gcs_address
-        os.environ[SWEEP_SHARE] = str(n_jobs)
-
-    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        close_kept_session()
-        if self.head is not None:
-            os.environ.pop(SWEEP_ADDRESS, None)
-            os.environ.pop(SWEEP_SHARE, None)
-            self.head.close()
-            self.head = None
+def end_sweep_ray(head: RaySession | None) -> None:
+    """End the Ray of a sweep: the one its jobs kept in this process, and `head`."""
+    close_kept_session()
+    if head is not None:
+        os.environ.pop(SWEEP_ADDRESS, None)
+        os.environ.pop(SWEEP_SHARE, None)
+        head.close()
 
 
 def kept_session_fits(address: str | None, num_cpus: int | None, num_gpus: float | None,
