@@ -84,16 +84,6 @@ def test_final_model_is_the_evaluated_global_model(fed_run):
     assert s["accuracy"] == pytest.approx(read_results(run_dir)["final"]["test_accuracy"])
 
 
-def test_fraction_fit_half_trains_five_of_ten(tmp_path):
-    run_dir = tmp_path / "run"
-    proc = run_cli("strategy.fraction_fit=0.5", "num_rounds=2", "strategy.fraction_evaluate=0.2",
-                   f"hydra.run.dir={run_dir}", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    res = read_results(run_dir)
-    assert [r["fit_clients"] for r in res["rounds"]] == [5, 5]
-    assert [r["evaluate_clients"] for r in res["rounds"]] == [2, 2]
-
-
 def test_centralized_run(tmp_path):
     run_dir = tmp_path / "run"
     proc = run_cli("mode=centralized", "centralized.epochs=3", f"hydra.run.dir={run_dir}", cwd=tmp_path)
