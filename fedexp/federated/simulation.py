@@ -336,6 +336,7 @@ def client_pool(session: RaySession, actors: int):
     `run_engine` puts this class there for the length of one run."""
     from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
     from flwr.simulation.ray_transport.ray_actor import BasicActorPool, ClientAppActor
+    from ray.exceptions import RayActorError
 
     class ClientPool(RayBackend):
         def build(self, app_fn) -> None:
@@ -351,6 +352,13 @@ def client_pool(session: RaySession, actors: int):
                 pool.pool.pop().terminate.remote()
                 pool.num_actors -= 1
             self.pool, self.app_fn = pool, app_fn
+
+        def process_message(self, message, context):
+            try:
+                return super().process_message(message, context)
+            except RayActorError:  # its process died (e.g. killed for memory): Flower put the
+                session.reusable = False  # dead actor back in the pool; no job may inherit it
+                raise
 
         def terminate(self) -> None:
             pool, self.pool = self.pool, None
