@@ -5,7 +5,7 @@ Named by `strategy.client._target_=recording_methods.RecordingScaffoldClient` wi
 line to DIR/<pid>.jsonl with the client's partition, the round, and digests of the
 control variate it found in its state and of the one it left there. RecordingClient
 (FedAvg's client) logs which worker process, of which Ray job (driver), ran each fit, and
-when.
+when. CrashingClient's worker process dies in client 0's fit, as one killed for memory.
 """
 from __future__ import annotations
 
@@ -55,6 +55,16 @@ class RecordingClient(ClientMethod):
                               "partition": int(fit.config["partition_id"]),
                               "start": self.start, "end": time.time()})
         return sent
+
+
+class CrashingClient(ClientMethod):
+    def __init__(self, crash: bool):
+        self.crash = crash
+
+    def before_fit(self, fit):
+        super().before_fit(fit)
+        if self.crash and int(fit.config["partition_id"]) == 0:
+            os._exit(1)
 
 
 class RecordingScaffoldClient(ScaffoldClient):

@@ -122,6 +122,19 @@ def results_by_settings(sweep_dir: Path) -> dict[tuple[str, str], list[dict]]:
     return out
 
 
+def test_a_job_whose_client_process_died_leaves_the_next_job_a_fresh_ray(sweep, tmp_path):
+    """Flower puts an actor whose process died back into its pool; the next job must not
+    inherit it. It gets a Ray of its own and the results of an unbroken sweep."""
+    sweep_dir = tmp_path / "sweep"
+    proc = run("fedexp", "-m", *SMALL, "strategy.client._target_=recording_methods.CrashingClient",
+               "+strategy.client.crash=true,false", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    crashed, after = read_results(sweep_dir / "0"), read_results(sweep_dir / "1")
+    assert crashed["status"] == "completed" and crashed["rounds"][0]["fit_failures"] == 1
+    assert "starting Ray" in (sweep_dir / "1" / "main.log").read_text()
+    assert without_timing(after) == results_by_settings(sweep[0])[("strategy.fraction_fit=1.0", "seed=0")][0]
+
+
 @pytest.fixture(scope="module")
 def parallel_sweep(tmp_path_factory):
     """Two jobs of the 2 x 3 sweep again, at the same time with Hydra's joblib launcher, on
