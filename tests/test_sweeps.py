@@ -200,10 +200,12 @@ def test_the_slurm_option_composes(tmp_path):
 
 
 def test_optuna_reports_the_best_trial(tmp_path):
-    """Four trials over optimizer.lr; each returns its final test accuracy (`objective`)."""
+    """Four trials over optimizer.lr; each returns its final test accuracy (`objective`).
+    Centralized runs, so that the test starts no Ray: federated trials share one Ray as any
+    sweep in this process does (test_the_jobs_share_one_ray_and_nothing_else)."""
     sweep_dir = tmp_path / "sweep"
-    proc = run("fedexp", "-m", "hparams_search=optuna_lr", "hydra.sweeper.n_trials=4", *SMALL,
-               f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
+    proc = run("fedexp", "-m", "hparams_search=optuna_lr", "hydra.sweeper.n_trials=4", "mode=centralized",
+               "centralized.epochs=1", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     trials = {}
