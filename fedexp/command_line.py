@@ -135,29 +135,32 @@ def plugin_problem(option: str) -> str | None:
             f"(the extra '{extra}'; '.[all]' installs every extra)")
 
 
+def _first(problems) -> str | None:
+    """The first problem found, if any (the rest are not computed)."""
+    return next((problem for problem in problems if problem), None)
+
+
 def _plugin_of_option(conf: Path, group: str, option: str) -> str | None:
     """The missing-plugin error for a group option whose YAML picks a Hydra plugin (e.g.
     hparams_search=optuna_lr: `override /hydra/sweeper: optuna`), else None."""
     path = conf / group / f"{option}.yaml"
     if not path.is_file():
         return None
-    for group_name, name in re.findall(r"override\s+/?(hydra/(?:launcher|sweeper))\s*:\s*(\w+)", path.read_text()):
-        problem = plugin_problem(f"{group_name}={name}")
-        if problem:
-            return f"{group}={option}: {problem}"
-    return None
+    found = re.findall(r"override\s+/?(hydra/(?:launcher|sweeper))\s*:\s*(\w+)", path.read_text())
+    problem = _first(plugin_problem(f"{group_name}={name}") for group_name, name in found)
+    return f"{group}={option}: {problem}" if problem else None
 
 
 def _composition_problem(error: Exception, conf: Path | None = None, choices: dict | None = None) -> str:
     from hydra.errors import MissingConfigException
 
-    for option in PLUGINS:
-        if option in f"{error} {error.__cause__ or ''}" and plugin_problem(option):
-            return plugin_problem(option)
+    text = f"{error} {error.__cause__ or ''}"
+    problem = _first(plugin_problem(option) for option in PLUGINS if option in text)
+    if problem:
+        return problem
     if isinstance(error, MissingConfigException) and error.options and error.missing_cfg_file:
         group, _, option = error.missing_cfg_file.rpartition("/")
         return f"{group}={option} is not allowed: the {group} options are {', '.join(error.options)}"
-    text = f"{error} {error.__cause__ or ''}"
     key = re.search(r"Could not override '([^']+)'", text)
     if key and "not in struct" in text:
         name = key.group(1)
@@ -276,9 +279,8 @@ def _check(argv: list[str], conf: Path) -> CommandLine:
     to_compose, group_values, choices = [], {}, {}
     for o in overrides:
         if o.is_hydra_override():
-            problem = _output_dir_problem(o, args.multirun) or next(
-                (plugin_problem(f"{o.key_or_group}={v}") for v in _values(o) or []
-                 if plugin_problem(f"{o.key_or_group}={v}")), None)
+            problem = _output_dir_problem(o, args.multirun) or _first(
+                plugin_problem(f"{o.key_or_group}={v}") for v in _values(o) or [])
             if problem:
                 return CommandLine(problem, argv)
             continue
