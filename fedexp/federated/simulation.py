@@ -157,7 +157,12 @@ def kept_session_fits(address: str | None, num_cpus: int | None, num_gpus: float
                       verbose: bool, niceness: int | None = None) -> bool:
     """Whether `ray_session` with these settings will take over the Ray of the job before."""
     session = _KEPT.get("session")
-    return session is not None and session.fits((address, num_cpus, num_gpus, bool(verbose), niceness))
+    return session is not None and session.fits(_settings(address, num_cpus, num_gpus, verbose, niceness))
+
+
+def _settings(address, num_cpus, num_gpus, verbose, niceness) -> tuple:
+    """What a Ray session is started with: a job asking for other settings gets a new Ray."""
+    return (address, num_cpus, num_gpus, bool(verbose), niceness)
 
 
 def close_kept_session() -> None:
@@ -180,7 +185,7 @@ def ray_session(address: str | None, num_cpus: int | None, num_gpus: float | Non
     A local Ray's workers run at `niceness`, by default this process's own: Ray's default
     of 15 makes the clients yield to any other work on the machine, which skews every
     timing of a run that shares it."""
-    settings = (address, num_cpus, num_gpus, bool(verbose), niceness)
+    settings = _settings(address, num_cpus, num_gpus, verbose, niceness)
     session = _KEPT.pop("session", None)
     if session is not None and not session.fits(settings):
         session.close()
