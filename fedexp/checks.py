@@ -116,6 +116,9 @@ def check(cfg: DictConfig) -> None:
         _build_method(cfg, model)
 
 
+BACKENDS = ("auto", "ray", "inline")  # simulation.backend (see federated/simulation.py's uses_ray)
+
+
 def _check_device(cfg: DictConfig) -> None:
     _need(cfg.device.type in ("cpu", "cuda", "auto"), "device.type", cfg.device.type, "cpu, cuda or auto")
     if cfg.device.type == "cuda":
@@ -126,6 +129,12 @@ def _check_device(cfg: DictConfig) -> None:
     cpus = cfg.device.client_cpus
     _need(_is_number(cpus) and cpus > 0, "device.client_cpus", cpus, "a number > 0")
     sim = cfg.simulation
+    backend = sim.get("backend", "auto")
+    _need(backend in BACKENDS, "simulation.backend", backend, ", ".join(BACKENDS[:-1]) + " or " + BACKENDS[-1])
+    _need(not (backend == "inline" and sim.ray_address), "simulation.backend", backend,
+          "ray or auto with simulation.ray_address (inline clients run in this process, not on a cluster)")
+    most = sim.get("inline_max_examples", 0)
+    _need(_is_int(most) and most >= 0, "simulation.inline_max_examples", most, "an integer >= 0")
     nice = sim.get("worker_niceness")
     _need(nice is None or (_is_int(nice) and os.nice(0) <= nice <= 19), "simulation.worker_niceness", nice,
           f"null (this process's own, {os.nice(0)}) or an integer from {os.nice(0)} to 19 (higher = lower "

@@ -65,8 +65,9 @@ class SweepRay(Callback):
     ends it. For a launcher that runs jobs at the same time in other processes of this
     machine (joblib, submitit_local), this process starts one local Ray before the first
     job, which every job joins with its share of the client slots (simulation.start_sweep_ray).
-    A sweep sent to other machines (Slurm) is left alone: each job starts Ray where it
-    runs. Hydra builds this callback for every run, so Ray's code is imported only when a
+    Its jobs' clients then run on that Ray (simulation.uses_ray), unless the sweep asks for
+    inline clients (`simulation.backend=inline`: no Ray). A sweep sent to other machines
+    (Slurm) is left alone: each job starts Ray where it runs, if it needs one. Hydra builds this callback for every run, so Ray's code is imported only when a
     sweep needs it."""
 
     def __init__(self) -> None:
@@ -76,6 +77,7 @@ class SweepRay(Callback):
         launcher = config.hydra.launcher.get("_target_")
         simulation = config.get("simulation") or {}
         if (launcher not in CONCURRENT_LAUNCHERS or simulation.get("ray_address")
+                or simulation.get("backend") == "inline"
                 or config.get("mode") != "federated" or config.get("dry_run")):
             return
         n_jobs = int(config.hydra.launcher.get(CONCURRENT_LAUNCHERS[launcher]) or 1)

@@ -101,3 +101,22 @@ def test_fraction_fit_is_not_a_no_op_by_default(make_cfg):
     assert strategy.num_fit_clients(cfg.num_clients)[0] == 5
     assert strategy.num_evaluation_clients(cfg.num_clients)[0] == 5
     assert instantiate(strategy_node(make_cfg().strategy)).num_fit_clients(10)[0] == 10
+
+
+def test_auto_backend_runs_small_runs_inline_and_the_rest_on_ray(make_cfg, monkeypatch):
+    from fedexp.federated import examples_trained
+    from fedexp.federated.simulation import SWEEP_ADDRESS, uses_ray
+    from fedexp.workload import Workload
+
+    monkeypatch.delenv(SWEEP_ADDRESS, raising=False)
+    cfg = make_cfg()
+    examples = examples_trained(cfg, Workload.build(cfg))
+    assert examples == sum(len(t) for t in Workload.build(cfg).parts.train) * cfg.num_rounds
+    assert not uses_ray(cfg.simulation, examples)  # the default run: inline
+    assert uses_ray(make_cfg("simulation.inline_max_examples=100").simulation, examples)
+    assert uses_ray(make_cfg("simulation.ray_address=auto").simulation, examples)
+    assert uses_ray(make_cfg("simulation.backend=ray").simulation, 0)
+    assert not uses_ray(make_cfg("simulation.backend=inline").simulation, 10**9)
+    assert examples_trained(make_cfg("local_epochs=3", "num_rounds=2"), Workload.build(cfg)) == examples * 3 * 2 // 5
+    monkeypatch.setenv(SWEEP_ADDRESS, "127.0.0.1:1")  # the Ray of a sweep whose jobs run at once
+    assert uses_ray(cfg.simulation, examples)

@@ -1,4 +1,5 @@
-"""The same config gives the same numbers, bit for bit; another seed gives other numbers.
+"""The same config gives the same numbers, bit for bit; another seed gives other numbers;
+the clients' backend (Ray actors or inline) changes them by float rounding only.
 
 Two real federated runs (Flower + Ray, on the session's shared Ray cluster, joined through
 `simulation.ray_address`) under Dirichlet(0.1) label skew with SCAFFOLD and half the
@@ -65,3 +66,23 @@ def test_dirichlet_skew_is_in_partitions_json(runs):
     counts = np.array([c["train_label_counts"] for c in p["clients"]], float)
     shares = counts / counts.sum(1, keepdims=True)
     assert shares.max(1).mean() > 0.3  # alpha = 0.1: clients are dominated by few classes
+
+
+def test_inline_clients_repeat_bit_for_bit_and_agree_with_ray(runs, tmp_path_factory):
+    """The same experiment with its clients in this process: bit for bit the same on a
+    second run, and the numbers of the Ray runs up to float rounding (the two backends'
+    processes round some float operations differently)."""
+    from conftest import compose_cfg
+    from fedexp.main import run
+
+    inline = [run(compose_cfg(*CONFIG, "seed=7", "simulation.backend=inline"), str(tmp_path_factory.mktemp("inline")))
+              for _ in range(2)]
+    assert all(res["backend"] == "inline" and res["status"] == "completed" for res in inline)
+    assert without_timing(inline[0]) == without_timing(inline[1])
+    on_ray = runs[0][0]
+    assert on_ray["backend"] == "ray"
+    for a, b in zip(inline[0]["rounds"], on_ray["rounds"], strict=True):
+        assert a["fit_clients"] == b["fit_clients"] and a["evaluate_clients"] == b["evaluate_clients"]
+        for key in ("train_loss", "test_loss", "distributed_loss"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4), key
+        assert abs(a["test_accuracy"] - b["test_accuracy"]) <= 0.01

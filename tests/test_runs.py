@@ -1,6 +1,8 @@
-"""End-to-end runs through the real command line: federated (Flower + Ray) and centralized.
+"""End-to-end runs through the real command line: federated and centralized.
 
-Each federated run starts Ray (~10 s here), so there are only two of them.
+The federated run is small, so its clients run inline (simulation.backend=auto), as a
+user's first run does; runs on Ray are in test_reproducibility.py, test_sweeps.py and
+test_interrupts_and_divergence.py.
 """
 from __future__ import annotations
 
@@ -47,7 +49,8 @@ def test_federated_run_follows_the_results_contract(fed_run):
         assert r["evaluate_clients"] == 1
     assert res["final"]["test_accuracy"] == res["rounds"][-1]["test_accuracy"]
     assert res["data"]["clients"] == 3
-    # Round 1 waited for the clients' worker processes; that wait is not in its seconds.
+    assert res["backend"] == "inline" and "clients in this process" in proc.stderr + proc.stdout
+    # Round 1 waited for the clients' start-up; that wait is not in its seconds.
     assert 0 <= res["client_start_seconds"] < res["wall_seconds"]
 
 

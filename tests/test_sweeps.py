@@ -21,7 +21,9 @@ from fedexp.results import without_timing
 from recording_methods import logged
 
 TAG = "FEDEXP_TEST_PROCESS_TAG"
-SMALL = ("num_rounds=1", "num_clients=2")
+# Small runs would have their clients inline (simulation.backend=auto): these sweeps are
+# about sharing Ray, so their clients run on it.
+SMALL = ("num_rounds=1", "num_clients=2", "simulation.backend=ray")
 
 
 def run(module: str, *args: str, cwd: Path, timeout: float = 600):
@@ -84,9 +86,10 @@ def test_every_job_writes_its_full_results(sweep):
     for job in jobs:
         res = read_results(job)
         assert res["status"] == "completed" and len(res["rounds"]) == 1
-        overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
-        seen.add((overrides[2], overrides[3]))
-        assert res["rounds"][0]["fit_clients"] == (1 if "fraction_fit=0.5" in overrides[2] else 2)
+        fraction, seed = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())[len(SMALL):]
+        seen.add((fraction, seed))
+        assert res["rounds"][0]["fit_clients"] == (1 if "fraction_fit=0.5" in fraction else 2)
+        assert res["backend"] == "ray"
         for name in ("metrics.csv", "model.pt", ".hydra/config.yaml", "main.log"):
             assert (job / name).is_file(), (job, name)
         assert (job / "results.png").stat().st_size > 10_000

@@ -4,7 +4,7 @@ client.py (what every virtual client does), methods/ (each method's strategy and
 half, side by side), server/ (fedexp's parts around the strategy: sampling, instructions,
 round records, the last good model), strategies.py (building the configured strategy),
 payload.py (the model's arrays and a method's extras in one message), simulation.py
-(starting Ray and Flower's engine), worker.py (what each Ray worker loads as it starts),
+(Flower's engine, on Ray or with the clients in this process), worker.py (what each Ray worker loads as it starts),
 faults.py (injected failures and stragglers); `run` wires them for one experiment.
 
 However the run ends (completed, failed, diverged, interrupted), the last good global
@@ -27,11 +27,12 @@ from ..results import RunResults
 from ..training import evaluate
 from ..workload import Workload
 from . import strategies
-from .client import ClientSpec, make_client_app
+from .client import ClientSpec, make_client_app, prepare
 from .payload import ModelLayout
 from .server import AllClientsEvaluation, PartitionClientManager, RunEnded, ServerStrategy
 from ..sweep import jobs_in_this_process
-from .simulation import kept_session_fits, ray_session, run_engine, sweep_ray
+from .simulation import (client_pool, inline_clients, kept_session_fits, ray_session, run_engine,
+                         sweep_ray, uses_ray)
 
 
 def build_strategy(work: Workload, model: torch.nn.Module):
@@ -59,13 +60,20 @@ def all_clients_evaluation(cfg) -> AllClientsEvaluation | None:
                                 personal=strategies.is_personal(cfg))
 
 
-def state_dir(cfg, run_dir: Path) -> str | None:
+def state_dir(cfg, run_dir: Path, on_ray: bool) -> str | None:
     """Where clients keep their state between rounds: None for Flower's `Context.state` (in
-    this process's memory), else a folder of the run directory (see DiskClientState)."""
+    this process's memory), else a folder of the run directory (see DiskClientState). With
+    `auto`, a folder for a Ray on this machine, whose actors would otherwise send every
+    state through this process with each message."""
     where = cfg.simulation.get("client_state", "auto")
-    if where == "memory" or (where == "auto" and cfg.simulation.ray_address):
+    if where == "memory" or (where == "auto" and (not on_ray or cfg.simulation.ray_address)):
         return None
     return str(Path(run_dir) / "client_state")
+
+
+def examples_trained(cfg, work: Workload) -> int:
+    """At most how many examples the clients train on over the run (every client sampled)."""
+    return sum(len(t) for t in work.parts.train) * int(cfg.local_epochs) * int(cfg.num_rounds)
 
 
 def run(work: Workload, results: RunResults) -> torch.nn.Module:
@@ -90,27 +98,39 @@ def run(work: Workload, results: RunResults) -> torch.nn.Module:
     client_cpus = cfg.device.client_cpus
     client_gpus = float(cfg.device.client_gpus) if work.device.type == "cuda" else 0.0
     address, share = sweep_ray(cfg.simulation.ray_address)
+    on_ray = uses_ray(cfg.simulation, examples_trained(cfg, work))
     ray_settings = (address, cfg.simulation.num_cpus, cfg.simulation.num_gpus, cfg.verbose,
                     cfg.simulation.get("worker_niceness"))
+    results.data["backend"] = "ray" if on_ray else "inline"
     progress.start_line(f"federated: {progress.count(cfg.num_rounds, 'round')}, "
                         f"{progress.count(cfg.num_clients, 'client')}, "
                         f"{type(strategy.inner).__name__} on {cfg.dataset.name}; "
-                        + ("on the Ray of the job before" if kept_session_fits(*ray_settings) else
+                        + ("clients in this process" if not on_ray else
+                           "on the Ray of the job before" if kept_session_fits(*ray_settings) else
                            "joining the sweep's Ray" if address != cfg.simulation.ray_address else
                            "starting Ray"))
+    data = {"x": work.data.x_train, "y": work.data.y_train, "train": work.parts.train, "val": work.parts.val}
+    threads = max(1, int(client_cpus))
     status, error, interrupt = "completed", None, None
     try:
-        with ray_session(*ray_settings, keep=jobs_in_this_process()) as session:
-            data_ref = session.ray.put({"x": work.data.x_train, "y": work.data.y_train,
-                                        "train": work.parts.train, "val": work.parts.val})
-            spec = ClientSpec(cfg=OmegaConf.to_container(cfg, resolve=True), data_ref=data_ref,
-                              device=str(work.device), threads=max(1, int(client_cpus)),
-                              state_dir=state_dir(cfg, results.dir))
-            resources = {"num_cpus": client_cpus, "num_gpus": client_gpus}
-            slots = min(session.client_slots(resources, share), cfg.num_clients)
-            strategy.wait_for_clients = lambda: session.wait_for_workers(slots, strategy.stop)
-            run_engine(server_app, make_client_app(spec), cfg.num_clients, resources, cfg.verbose,
-                       stop=strategy.stop.set, session=session, actors=slots)
+        if not on_ray:
+            spec = ClientSpec(cfg=OmegaConf.to_container(cfg, resolve=True), data_ref=data,
+                              device=str(work.device), threads=None,
+                              state_dir=state_dir(cfg, results.dir, on_ray=False))
+            strategy.wait_for_clients = lambda: prepare(spec)
+            run_engine(server_app, make_client_app(spec), cfg.num_clients, cfg.verbose,
+                       stop=strategy.stop.set, backend=inline_clients(threads))
+        else:
+            with ray_session(*ray_settings, keep=jobs_in_this_process()) as session:
+                spec = ClientSpec(cfg=OmegaConf.to_container(cfg, resolve=True), data_ref=session.ray.put(data),
+                                  device=str(work.device), threads=threads,
+                                  state_dir=state_dir(cfg, results.dir, on_ray=True))
+                resources = {"num_cpus": client_cpus, "num_gpus": client_gpus}
+                slots = min(session.client_slots(resources, share), cfg.num_clients)
+                strategy.wait_for_clients = lambda: session.wait_for_workers(slots, strategy.stop)
+                run_engine(server_app, make_client_app(spec), cfg.num_clients, cfg.verbose,
+                           stop=strategy.stop.set, backend=client_pool(session, slots),
+                           client_resources=resources, session=session)
     except RunEnded as e:
         status, error = e.status, str(e)
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (see fedexp/interrupts.py)

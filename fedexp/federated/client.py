@@ -2,8 +2,9 @@
 
 The training arrays and all partitions' index lists reach each Ray worker once, through
 Ray's object store (zero-copy for numpy), and stay cached in that worker process with the
-model and what the config builds (`ClientKit`); a client object itself is cheap and is
-made anew for every message, as Flower expects. The server names the partition in each
+model and what the config builds (`ClientKit`); inline clients (simulation.py's
+`inline_clients`) share the driver's arrays and one kit. A client object itself is cheap
+and is made anew for every message, as Flower expects. The server names the partition in each
 instruction (`partition_id`), so which data a virtual client holds never depends on
 Flower's random node ids (see server/sampling.py).
 
@@ -20,8 +21,10 @@ a crash, and its state stays as it was.
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from itertools import count
 from pathlib import Path
 from typing import Any
@@ -33,7 +36,7 @@ from flwr.common import Context, RecordDict
 from hydra.utils import instantiate
 
 from ..models import get_weights, set_weights
-from ..training import BatchAugment, DivergedError, Normalizer, evaluate, train
+from ..training import BatchAugment, DivergedError, Normalizer, evaluate, first_steps, train
 from ..workload import loss_from
 from .faults import InjectedClientFailure, fit_fails
 from .methods.base import ClientMethod, ClientState, DiskClientState, LocalEvaluation, LocalFit
@@ -47,10 +50,11 @@ class ClientSpec:
     """What every client needs; small, because Flower pickles it with each message."""
 
     cfg: dict           # resolved config (plain containers)
-    data_ref: Any       # Ray ObjectRef of {"x", "y", "train", "val"}
+    data_ref: Any       # {"x", "y", "train", "val"}: a Ray ObjectRef of it, or (inline clients) itself
     device: str
-    threads: int
+    threads: int | None  # torch threads of a Ray worker (None: inline, the backend sets them)
     state_dir: str | None = None  # clients keep their state in files here, else in Context.state
+    run: str = field(default_factory=lambda: uuid.uuid4().hex)  # what a worker's cache is for
 
 
 def seed_for(seed: int, server_round: int, partition_id: int, salt: int = 0) -> int:
@@ -97,15 +101,25 @@ class ClientKit:
 
 def _worker_state(spec: ClientSpec) -> dict:
     """This worker's data and kit, made on its first message of the run."""
-    key = spec.data_ref.hex()
-    if _WORKER.get("key") != key:
-        import ray
+    if _WORKER.get("run") != spec.run:
+        data = spec.data_ref
+        if spec.threads is not None:  # a Ray worker
+            import ray
 
-        torch.set_num_threads(max(1, spec.threads))
+            torch.set_num_threads(max(1, spec.threads))
+            data = ray.get(data)
         _WORKER.clear()
-        _WORKER.update(key=key, data=ray.get(spec.data_ref),
-                       kit=ClientKit.build(spec.cfg, torch.device(spec.device)))
+        _WORKER.update(run=spec.run, data=data, kit=ClientKit.build(spec.cfg, torch.device(spec.device)))
     return _WORKER
+
+
+def prepare(spec: ClientSpec) -> float:
+    """Inline clients' start-up, before round 1 (a Ray worker's is worker.py): torch's
+    lazy set-up and the run's kit. Returns the seconds it took."""
+    start = time.perf_counter()
+    first_steps()
+    _worker_state(spec)
+    return time.perf_counter() - start
 
 
 class FedexpClient(NumPyClient):

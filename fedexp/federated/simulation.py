@@ -1,12 +1,18 @@
-"""The one place that starts Flower's simulation engine.
+"""The one place that starts Flower's simulation engine, and Ray.
 
 flwr 1.41/1.42 mark `run_simulation` deprecated in favour of the `flwr run` CLI, which
 packages the app, hands it to a detached local SuperLink daemon and accepts only flat
 run-config values. That fits a Hydra job badly: the job would lose the run's records, its
 process boundary and structured config. `run_simulation` still runs the ServerApp in a
-thread of this process and the ClientApps in Ray actors, synchronously, so fedexp keeps
-it, silences only that one deprecation message, and bounds flwr in pyproject.toml to
+thread of this process and the ClientApps through a backend, synchronously, so fedexp
+keeps it, silences only that one deprecation message, and bounds flwr in pyproject.toml to
 releases that ship it.
+
+Two backends run the clients (`simulation.backend`, see `uses_ray`): Flower's Ray backend,
+its actors working in parallel, and `inline_clients`, which runs them one after another
+in this process. Starting Ray and its workers costs about 10 s on a 2-core machine, more
+than a small run's training takes; the inline backend costs nothing to start, and gives
+the same results (each client uses `device.client_cpus` torch threads either way).
 
 Ray is started here (not inside Flower) so that the training data can be put into Ray's
 object store before the clients exist, and so that `simulation.ray_address` can join an
@@ -116,6 +122,21 @@ class RaySession:
             os.environ.pop(_TAG, None)
         if self.ready_dir:
             shutil.rmtree(self.ready_dir, ignore_errors=True)
+
+
+def uses_ray(simulation, examples: int) -> bool:
+    """Whether a run's clients run on Ray (else inline, in this process).
+
+    `auto` uses Ray when the run joins one (`simulation.ray_address`, or the Ray of a sweep
+    whose jobs run at the same time), or when it trains on more than
+    `simulation.inline_max_examples` examples in all (`examples`: training examples of all
+    clients x local epochs x rounds), where clients working in parallel win back Ray's
+    start-up time."""
+    backend = simulation.get("backend", "auto")
+    if backend != "auto":
+        return backend == "ray"
+    address, _ = sweep_ray(simulation.get("ray_address"))
+    return bool(address) or examples > int(simulation.get("inline_max_examples", 0))
 
 
 _KEPT: dict[str, RaySession] = {}  # the session a sweep's jobs share, between two jobs
@@ -334,11 +355,7 @@ def client_pool(session: RaySession, actors: int):
     the run gets (`actors`, its share of Ray's resources: jobs that run at the same time on
     one Ray never hold more actors than the CPUs and GPUs Ray was given), and who owns Ray
     and the actors when the run ends (the session: Flower's own backend shuts Ray down,
-    which would make every job of a sweep start Ray and its workers again).
-
-    Flower's engine builds its backend by the name `RayBackend` in its raybackend module
-    each time it starts (flwr 1.42's vce_api; pyproject bounds flwr to such releases), so
-    `run_engine` puts this class there for the length of one run."""
+    which would make every job of a sweep start Ray and its workers again)."""
     from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
     from flwr.simulation.ray_transport.ray_actor import BasicActorPool, ClientAppActor
     from ray.exceptions import RayActorError
@@ -385,6 +402,48 @@ def _end_actors(pool) -> None:
     pool.num_actors = 0
 
 
+def inline_clients(threads: int):
+    """A Flower simulation backend that runs each client in this process, one at a time,
+    with `threads` torch threads (as a Ray actor with `device.client_cpus` CPUs has), so
+    that a run gives the same numbers on either backend. What a worker process would
+    cache for the run (client.py's ClientKit) is cached here too."""
+    import torch
+    from flwr.clientapp.client_app import LoadClientAppError
+    from flwr.server.superlink.fleet.vce.backend.backend import Backend
+    from flwr.simulation.ray_transport.ray_actor import ClientAppException
+
+    class InlineClients(Backend):
+        def __init__(self, backend_config) -> None:
+            self.app_fn = None
+
+        def build(self, app_fn) -> None:
+            self.app_fn = app_fn
+
+        @property
+        def num_workers(self) -> int:
+            return 1
+
+        def is_worker_idle(self) -> bool:
+            return True
+
+        def terminate(self) -> None:
+            self.app_fn = None
+
+        def process_message(self, message, context):
+            before = torch.get_num_threads()
+            torch.set_num_threads(threads)
+            try:
+                return self.app_fn()(message=message, context=context), context
+            except LoadClientAppError:
+                raise
+            except Exception as ex:  # reported to the server as a failed client, as Ray's actor does
+                raise ClientAppException(str(ex)) from ex
+            finally:
+                torch.set_num_threads(before)
+
+    return InlineClients
+
+
 @contextmanager
 def _engine_backend(backend) -> Any:
     from flwr.server.superlink.fleet.vce.backend import raybackend
@@ -397,10 +456,10 @@ def _engine_backend(backend) -> Any:
         raybackend.RayBackend = flowers
 
 
-def run_engine(server_app, client_app, num_clients: int, client_resources: dict, verbose: bool,
-               stop, session: RaySession, actors: int) -> None:
-    """Run the ServerApp against `num_clients` virtual ClientApps, on `actors` Ray actors,
-    until it returns.
+def run_engine(server_app, client_app, num_clients: int, verbose: bool, stop, backend,
+               client_resources: dict | None = None, session: RaySession | None = None) -> None:
+    """Run the ServerApp against `num_clients` virtual ClientApps on `backend` (a
+    `client_pool` of `session`, or `inline_clients`) until it returns.
 
     `stop()` must make the ServerApp end soon; it is called on SIGINT/SIGTERM, after
     which this raises `Interrupted` once the engine has wound down."""
@@ -420,17 +479,20 @@ def run_engine(server_app, client_app, num_clients: int, client_resources: dict,
 
     def on_signal(signum):
         stop()
-        if session.ready_dir:  # a local Ray: its workers are known (a cluster's are not ours)
+        if session is not None and session.ready_dir:  # a local Ray: its workers are known
             killer.start()
 
     try:
-        with deferred_interrupts(on_signal), _engine_backend(client_pool(session, actors)):
+        # Flower's engine builds its backend by the name `RayBackend` in its raybackend
+        # module each time it starts (flwr 1.42's vce_api; pyproject bounds flwr to such
+        # releases): `backend` is put there for the length of one run.
+        with deferred_interrupts(on_signal), _engine_backend(backend):
             run_simulation(
                 server_app=server_app,
                 client_app=client_app,
                 num_supernodes=num_clients,
                 backend_name="ray",
-                backend_config={"client_resources": client_resources},
+                backend_config={"client_resources": client_resources or {"num_cpus": 1, "num_gpus": 0.0}},
                 verbose_logging=verbose,
             )
     finally:

@@ -16,18 +16,6 @@ import os
 from pathlib import Path
 
 
-def _first_steps() -> None:
-    """A torch optimizer's first `step` imports torch._dynamo (~1.5 s here) and wraps
-    itself; a training step on a tiny model does that now rather than in round 1."""
-    import torch
-
-    model = torch.nn.Linear(4, 2)
-    for make in (torch.optim.Adam, torch.optim.SGD):
-        optimizer = make(model.parameters(), lr=0.1)
-        torch.nn.functional.cross_entropy(model(torch.zeros(3, 4)), torch.zeros(3, dtype=torch.long)).backward()
-        optimizer.step()
-
-
 def _mark_ready() -> None:
     # simulation.READY_DIR, spelled out: importing fedexp.federated could itself be what
     # failed, and this must run even then.
@@ -43,8 +31,9 @@ try:
     import flwr.simulation.ray_transport.ray_actor  # noqa: F401  (the actor class Flower uses)
 
     from . import client  # noqa: F401
+    from ..training import first_steps
 
-    _first_steps()
+    first_steps()
 finally:  # even a failed import: the driver must not wait for this worker
     _mark_ready()
 
