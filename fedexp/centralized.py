@@ -58,6 +58,7 @@ def run(work: Workload, results: RunResults) -> torch.nn.Module:
             record = {"epoch": epoch, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"],
                       "val_loss": va["loss"], "val_accuracy": va["accuracy"],
                       "seconds": time.perf_counter() - t0}
+            results.save_model(model)  # model.pt: the last completed epoch's, before results.json lists it
             results.add(record)
             progress.epoch_line(record, cfg.centralized.epochs, results.steps)
     finally:

@@ -85,7 +85,7 @@ def check(cfg: DictConfig) -> None:
     _need(cfg.mode in ("federated", "centralized"), "mode", cfg.mode, "federated or centralized")
     n = cfg.num_clients
     _need(_is_int(n) and n >= 1, "num_clients", n, "an integer >= 1")
-    _need(_is_int(cfg.seed), "seed", cfg.seed, "an integer")
+    _need(_is_int(cfg.seed) and 0 <= cfg.seed < 2**32, "seed", cfg.seed, "an integer from 0 to 2**32 - 1")
     _need(_is_int(cfg.num_rounds) and cfg.num_rounds >= 1, "num_rounds", cfg.num_rounds, "an integer >= 1")
     _need(_is_int(cfg.local_epochs) and cfg.local_epochs >= 1, "local_epochs", cfg.local_epochs, "an integer >= 1")
     _need(_is_int(cfg.batch_size) and cfg.batch_size >= 1, "batch_size", cfg.batch_size, "an integer >= 1")
@@ -103,6 +103,7 @@ def check(cfg: DictConfig) -> None:
     for key in ("client_failure_rate", "straggler_rate"):
         v = cfg.faults[key]
         _need(_is_number(v) and 0 <= v <= 1, f"faults.{key}", v, "a fraction in [0, 1]")
+    _check_dataset_shape(cfg)
     _check_augment(cfg)
     _check_evaluation(cfg)
     _check_device(cfg)
@@ -133,6 +134,8 @@ def _check_device(cfg: DictConfig) -> None:
     _need(backend in BACKENDS, "simulation.backend", backend, ", ".join(BACKENDS[:-1]) + " or " + BACKENDS[-1])
     _need(not (backend == "inline" and sim.ray_address), "simulation.backend", backend,
           "ray or auto with simulation.ray_address (inline clients run in this process, not on a cluster)")
+    workers = sim.get("max_workers")
+    _need(_is_int(workers) and workers >= 1, "simulation.max_workers", workers, "an integer >= 1")
     most = sim.get("inline_max_examples", 0)
     _need(_is_int(most) and most >= 0, "simulation.inline_max_examples", most, "an integer >= 0")
     nice = sim.get("worker_niceness")
@@ -146,6 +149,22 @@ def _check_device(cfg: DictConfig) -> None:
         _need(cpus <= total, "device.client_cpus", cpus,
               f"at most the {total} CPUs Ray gets (simulation.num_cpus, or this machine's): "
               f"no client could ever be scheduled")
+
+
+def _check_dataset_shape(cfg: DictConfig) -> None:
+    ds = cfg.dataset
+    c = ds.get("channels")
+    _need(_is_int(c) and c >= 1, "dataset.channels", c, "an integer >= 1")
+    stats = {key: ds.get(key) for key in ("mean", "std")}
+    for key, values in stats.items():
+        _need(isinstance(values, (list, ListConfig)) and all(_is_number(v) for v in values),
+              f"dataset.{key}", values, "a list of numbers, one per channel")
+    _need(all(len(v) == c for v in stats.values()), "dataset.channels", c,
+          f"as many as the values of dataset.mean ({len(stats['mean'])}) and dataset.std "
+          f"({len(stats['std'])}), one per channel")
+    _need(all(v > 0 for v in stats["std"]), "dataset.std", list(stats["std"]), "numbers > 0")
+    if str(ds.loader.get("_target_", "")).endswith("load_image_folder"):
+        _need(c in (1, 3), "dataset.channels", c, "1 (grayscale) or 3 (RGB) for image folders")
 
 
 def _check_augment(cfg: DictConfig) -> None:
@@ -252,8 +271,16 @@ def _check_partitioner(cfg: DictConfig) -> None:
               "an integer >= 1 when num_shards_per_partition is null (set at least one of them)")
 
 
-def check_data(cfg: DictConfig, labels: np.ndarray) -> None:
-    """Checks that need the number of training examples (right after loading)."""
+def check_data(cfg: DictConfig, data) -> None:
+    """Checks that need the loaded data (`ImageData`): its shape, classes and size."""
+    labels, name_ = data.y_train, cfg.dataset.name
+    channels = data.shape[0]
+    _need(cfg.dataset.channels == channels, "dataset.channels", cfg.dataset.channels,
+          f"{channels}: the images of dataset={name_} have {channels} channel(s)")
+    classes = len(data.classes) or int(max(labels.max(initial=-1), data.y_test.max(initial=-1))) + 1
+    _need(cfg.dataset.num_classes == classes, "dataset.num_classes", cfg.dataset.num_classes,
+          f"{classes}: dataset={name_} has {classes} classes"
+          + (f" ({', '.join(map(str, data.classes[:5]))}{', ...' if classes > 5 else ''})" if data.classes else ""))
     n_train, n, key = len(labels), cfg.num_clients, "partitioning.partitioner"
     name, part = partitioner_name(cfg), cfg.partitioning.partitioner
     _need(n <= n_train, "num_clients", n, f"at most the {n_train} training examples of "

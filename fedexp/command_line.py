@@ -60,14 +60,20 @@ def _output_dir_problem(override, multirun: bool) -> str | None:
     key, value = override.key_or_group, override.value()
     if not isinstance(value, str) or "${" in value:
         return None
-    if key == "hydra.run.dir" and not multirun and (Path(value) / "results.json").exists():
-        return (f"hydra.run.dir={value} already holds results.json from another run; refusing "
-                f"to overwrite it (choose another directory, or leave hydra.run.dir unset for "
-                f"a fresh one)")
-    if key == "hydra.sweep.dir" and multirun and any(Path(value).glob("*/results.json")):
+    from .results import outputs_in
+
+    if key == "hydra.run.dir" and not multirun and outputs_in(value):
+        return (f"hydra.run.dir={value} already holds {outputs_in(value)[0]} from another run; "
+                f"refusing to write into it (choose another directory, or leave hydra.run.dir "
+                f"unset for a fresh one)")
+    if key == "hydra.sweep.dir" and multirun and any(outputs_in(job) for job in _subdirs(value)):
         return (f"hydra.sweep.dir={value} already holds another sweep's results; refusing to "
                 f"overwrite them (choose another directory, or leave hydra.sweep.dir unset)")
     return None
+
+
+def _subdirs(path: str) -> list[Path]:
+    return [p for p in Path(path).iterdir() if p.is_dir()] if Path(path).is_dir() else []
 
 
 def _owners(conf: Path, key: str) -> list[str]:

@@ -84,6 +84,9 @@ def dry_run(cfg: DictConfig, run_dir: str) -> dict:
     from . import partition_report
     from .workload import Workload
 
+    from .results import claim
+
+    claim(run_dir)
     work = Workload.build(cfg)
     partition_report.write(run_dir, work.data.y_train, work.parts, work.data.classes, cfg.partitioning)
     model = work.new_model()

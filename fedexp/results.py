@@ -3,7 +3,8 @@
 results.json and metrics.csv are rewritten after every round or epoch, atomically (temp
 file + rename), with `status: "running"` until the end: a killed run still leaves every
 completed round on disk, and a reader never sees a half-written file. The run ends with
-one of STATUSES. A run directory that already holds a results.json is never reused.
+one of STATUSES. A run directory belongs to one run: the run claims it (CLAIM, created
+exclusively), and a directory that holds any run's output is never written into.
 The contract (documented in the README) may gain keys; existing keys are never renamed.
 """
 from __future__ import annotations
@@ -48,6 +49,37 @@ class ResultsExistError(RuntimeError):
     """The run directory already holds another run's results."""
 
 
+CLAIM = ".fedexp-run"  # created, exclusively, by the run a directory belongs to
+RUN_OUTPUTS = (CLAIM, "results.json", "model.pt", "metrics.csv", "clients.csv", "partitions.json",
+               "partitions.png", "results.png", "client_state")
+
+
+def outputs_in(run_dir: str | Path) -> list[str]:
+    """The names in `run_dir` that a fedexp run writes (a run's claim among them)."""
+    return [name for name in RUN_OUTPUTS if (Path(run_dir) / name).exists()]
+
+
+def claim(run_dir: str | Path) -> None:
+    """Make `run_dir` this run's, or raise ResultsExistError: it holds another run's output,
+    or another run started at the same moment claimed it first (O_EXCL decides)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(run_dir / CLAIM, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        raise ResultsExistError(f"{run_dir} belongs to another fedexp run (it holds {CLAIM}); "
+                                f"refusing to write into it (choose another hydra.run.dir, or leave "
+                                f"it unset for a fresh directory)") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{os.getpid()}\n")
+    others = [name for name in outputs_in(run_dir) if name != CLAIM]
+    if others:
+        (run_dir / CLAIM).unlink()
+        raise ResultsExistError(f"{run_dir} already holds {others[0]} from another run; refusing to "
+                                f"write into it (choose another hydra.run.dir, or leave it unset for a "
+                                f"fresh directory)")
+
+
 def _clean(v):
     """JSON has no NaN/inf: write them as null."""
     if isinstance(v, float) and not math.isfinite(v):
@@ -59,19 +91,19 @@ def _clean(v):
     return v
 
 
-def atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, content: str | bytes) -> None:
+    """Write `path` whole or not at all: a temporary file, renamed over it. A failed write
+    (a full disk) leaves no partial file behind."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def refuse_if_used(run_dir: str | Path) -> None:
-    """Raise ResultsExistError when `run_dir` holds another run's results.json."""
-    run_dir = Path(run_dir)
-    if (run_dir / "results.json").exists():
-        raise ResultsExistError(
-            f"{run_dir} already holds results.json from another run; refusing to overwrite "
-            f"it (choose another hydra.run.dir, or leave it unset for a fresh directory)")
+    try:
+        if isinstance(content, bytes):
+            tmp.write_bytes(content)
+        else:
+            tmp.write_text(content)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class RunResults:
@@ -79,8 +111,7 @@ class RunResults:
 
     def __init__(self, run_dir: str | Path, mode: str, info: dict | None = None):
         self.dir = Path(run_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        refuse_if_used(self.dir)
+        claim(self.dir)
         self.mode = mode
         self._lock = threading.Lock()
         self._start = time.perf_counter()
@@ -135,10 +166,12 @@ class RunResults:
         """model.pt: the model's state_dict, written atomically like the rest."""
         import torch
 
+        # Saved to memory first: saved to a file, the archive would record the file's
+        # (temporary, per-process) name, and identical runs would differ in their bytes.
+        buffer = io.BytesIO()
+        torch.save(model.state_dict(), buffer)
         out = self.dir / "model.pt"
-        tmp = out.with_name(f".model.pt.{os.getpid()}.tmp")
-        torch.save(model.state_dict(), tmp)
-        os.replace(tmp, out)
+        atomic_write(out, buffer.getvalue())
         return out
 
     def plot(self) -> Path | None:

@@ -46,7 +46,7 @@ class Workload:
             if isinstance(e.__cause__, DatasetError):
                 raise e.__cause__ from None
             raise
-        check_data(cfg, data.y_train)
+        check_data(cfg, data)
         parts = _partition(cfg, data)
         check_partitions(cfg, parts.train, parts.val)
         return cls(cfg, data, parts, resolve_device(cfg.device.type))

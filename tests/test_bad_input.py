@@ -143,6 +143,19 @@ CASES = [
      "evaluation.all_clients_every=-1 is not allowed: an integer >= 0", "config"),
     ("client state nowhere", ["simulation.client_state=cloud"],
      "simulation.client_state=cloud is not allowed: auto, memory or disk", "config"),
+    ("seed negative", ["seed=-1"], "seed=-1 is not allowed: an integer from 0 to 2**32 - 1", "config"),
+    ("no server threads", ["simulation.max_workers=0"],
+     "simulation.max_workers=0 is not allowed: an integer >= 1", "config"),
+    ("channels against the statistics", ["dataset=cifar10", "dataset.channels=1"],
+     "dataset.channels=1 is not allowed: as many as the values of dataset.mean (3) and dataset.std (3)", "config"),
+    ("std zero", ["dataset.std=[0]"], "dataset.std=[0] is not allowed: numbers > 0", "config"),
+    ("grayscale and RGB only for image folders", ["dataset=image_folder", "dataset.path=ROOT", "dataset.channels=2",
+                                                  "dataset.mean=[0.5,0.5]", "dataset.std=[0.5,0.5]"],
+     "dataset.channels=2 is not allowed: 1 (grayscale) or 3 (RGB) for image folders", "config"),
+    ("classes against the data", ["dataset.num_classes=5"],
+     "dataset.num_classes=5 is not allowed: 10: dataset=digits has 10 classes (0, 1, 2, 3, 4, ...)", "data"),
+    ("channels against the data", ["dataset.channels=3", "dataset.mean=[0.3,0.3,0.3]", "dataset.std=[0.3,0.3,0.3]"],
+     "dataset.channels=3 is not allowed: 1: the images of dataset=digits have 1 channel(s)", "data"),
     ("unknown backend", ["simulation.backend=threads"],
      "simulation.backend=threads is not allowed: auto, ray or inline", "config"),
     ("inline clients on a cluster", ["simulation.backend=inline", "simulation.ray_address=auto"],
@@ -280,15 +293,18 @@ def test_verbose_shows_the_traceback(fedexp_cli):
     assert "Traceback" in err and "fedexp.checks.ConfigError: num_clients=0 is not allowed" in err
 
 
-def test_a_finished_run_directory_is_refused_before_hydra_writes(fedexp_cli, tmp_path, monkeypatch):
+@pytest.mark.parametrize("left", ["results.json", "model.pt", "metrics.csv", ".fedexp-run"])
+def test_a_used_run_directory_is_refused_before_hydra_writes(fedexp_cli, tmp_path, left):
+    """Any output of a run (a killed one may have left only model.pt, or only its claim)
+    makes the directory that run's."""
     run_dir = tmp_path / "run"
     (run_dir / ".hydra").mkdir(parents=True)
-    (run_dir / "results.json").write_text('{"status": "completed"}')
+    (run_dir / left).write_text('{"status": "completed"}')
     (run_dir / ".hydra" / "config.yaml").write_text("the earlier run's config\n")
     status, _, err, _ = fedexp_cli("num_rounds=3", data_allowed=False)
     assert status == 2
-    assert f"hydra.run.dir={run_dir} already holds results.json from another run; refusing to overwrite it" in err
-    assert (run_dir / "results.json").read_text() == '{"status": "completed"}'
+    assert f"hydra.run.dir={run_dir} already holds {left} from another run; refusing to write into it" in err
+    assert (run_dir / left).read_text() == '{"status": "completed"}'
     assert (run_dir / ".hydra" / "config.yaml").read_text() == "the earlier run's config\n"
     assert not (run_dir / "main.log").exists()
 

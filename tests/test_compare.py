@@ -158,6 +158,18 @@ def test_a_failed_run_is_listed_with_its_error(seed_sweep, capsys):
     assert "6: ConfigError: num_clients=0 is not allowed" in text
 
 
+def test_no_control_character_from_a_results_file_reaches_the_terminal(seed_sweep, capsys):
+    """A status or error holding escape codes is shown escaped: a file cannot recolour, clear
+    or retitle the terminal."""
+    path = seed_sweep / "3" / "results.json"
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps({**data, "status": "\x1b[2Jcompleted", "error": "boom\x1b]0;title\x07"}))
+    assert compare([str(seed_sweep)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out
+    assert "\\x1b[2Jcompleted" in out and "boom\\x1b]0;title\\x07" in out
+
+
 def test_record_failure_never_replaces_results(tmp_path):
     (tmp_path / "results.json").write_text('{"status": "completed"}')
     assert record_failure(tmp_path, "federated", "boom") is False
@@ -173,9 +185,15 @@ def test_record_failure_never_replaces_results(tmp_path):
     (json.dumps({"status": "completed", "mode": "federated", "wall_seconds": 1.0, "final": {}}),
      "needs a list 'rounds'"),
     (json.dumps({"status": "completed", "mode": "swarm", "wall_seconds": 1.0}), "'mode' is 'swarm'"),
+    (b'{"status": "completed \xff"}', "is not UTF-8 text (byte 22)"),
+    (json.dumps({**federated([0.5], [1.0]), "data": "digits"}), "'data' is 'digits', expected an object"),
+    (json.dumps({**federated([0.5], [1.0]), "initial": {"test_loss": "low"}}), "initial.test_loss is 'low'"),
+    (json.dumps(federated([0.5], [1.0]) | {"rounds": [{"round": 1, "all_clients": "all"}]}),
+     "rounds[0].all_clients is 'all', expected an object"),
 ])
 def test_results_that_break_the_contract_are_one_line_errors(seed_sweep, capsys, content, message):
-    (seed_sweep / "3" / "results.json").write_text(content)
+    path = seed_sweep / "3" / "results.json"
+    path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
     assert compare([str(seed_sweep)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("fedexp-compare: error: ")

@@ -1,6 +1,7 @@
 """Loaders read the real on-disk formats; IID partitions behave as the tutorial's split."""
 from __future__ import annotations
 
+import logging
 import pickle
 import struct
 import subprocess
@@ -113,6 +114,28 @@ def test_image_folder_decodes_resizes_and_caches(tmp_path):
     changed = load_image_folder(str(root), image_size=16, channels=3, cache_dir=str(cache))
     assert len(list(cache.glob("*.npz"))) == 2
     assert changed.x_train[0].sum() == 0
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not a zip", "arrays missing"])
+def test_a_corrupt_image_cache_is_named_removed_and_rebuilt(tmp_path, caplog, damage):
+    root = write_image_folder(tmp_path / "imgs")
+    cache = tmp_path / "cache"
+    d = load_image_folder(str(root), image_size=16, channels=3, cache_dir=str(cache))
+    (npz,) = cache.glob("*.npz")
+    if damage == "truncated":  # a killed process or a full disk cut the write short
+        npz.write_bytes(npz.read_bytes()[: npz.stat().st_size // 2])
+    elif damage == "not a zip":
+        npz.write_text("nothing like numpy's format")
+    else:
+        np.savez(npz, x_train=d.x_train)
+    with caplog.at_level(logging.WARNING, logger="fedexp.data.datasets"):
+        again = load_image_folder(str(root), image_size=16, channels=3, cache_dir=str(cache))
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert str(npz) in warning.getMessage() and "decoding the images again" in warning.getMessage()
+    assert "\n" not in warning.getMessage()
+    np.testing.assert_array_equal(again.x_train, d.x_train)
+    np.testing.assert_array_equal(again.y_test, d.y_test)
+    assert load_image_folder(str(root), image_size=16, channels=3, cache_dir=str(cache)).classes == d.classes
 
 
 @pytest.mark.parametrize("path", [None, "does-not-exist"])

@@ -39,3 +39,32 @@ def test_waiting_for_workers_ends_on_stop():
     with tempfile.TemporaryDirectory() as empty:
         assert RaySession(None, empty, tag="").wait_for_workers(3, stop, timeout=30) < 1
     assert RaySession(None, None, tag="").wait_for_workers(3, threading.Event()) == 0.0
+
+
+def test_what_a_killed_drivers_ray_left_is_ended_by_the_next_start(capsys):
+    """Processes carrying the session tag of a driver that no longer exists are ended, with
+    one line; those of a live driver (another run's Ray) are left alone. So are ready folders."""
+    import subprocess
+    from pathlib import Path
+
+    import ray  # noqa: F401  (puts Ray's bundled psutil on the path)
+
+    from fedexp.federated.simulation import _TAG, READY_PREFIX, reap_orphans
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    live = os.getppid()
+    sleepers = {owner: subprocess.Popen(["sleep", "60"], env={**os.environ, _TAG: f"{owner}-{owner}abc"})
+                for owner in (gone.pid, live)}
+    folders = {owner: Path(tempfile.mkdtemp(prefix=f"{READY_PREFIX}{owner}-")) for owner in (gone.pid, live)}
+    try:
+        assert reap_orphans() == 1
+        assert sleepers[gone.pid].wait(timeout=10) == -9
+        assert sleepers[live].poll() is None and folders[live].is_dir()
+        assert not folders[gone.pid].exists()
+        err = capsys.readouterr().err
+        assert err == (f"fedexp: ended 1 process(es) left by the Ray of a killed fedexp run "
+                       f"(driver pid {gone.pid})\n")
+    finally:
+        sleepers[live].kill()
+        folders[live].rmdir()

@@ -67,6 +67,43 @@ def test_ctrl_c_keeps_the_rounds_so_far_and_leaves_no_process(tmp_path, backend)
     assert session_processes(proc.pid) == []
 
 
+def test_sigterm_to_the_group_while_ray_starts_is_an_interrupt(tmp_path):
+    """`timeout`, `kill -- -PGID` and Slurm signal the whole process group. During
+    `ray.init`, Ray's own SIGTERM handler is in place; the run still ends as interrupted."""
+    run_dir = tmp_path / "run"
+    proc = start(["num_clients=2", "num_rounds=3", "simulation.backend=ray"], run_dir)
+    deadline = time.monotonic() + 120
+    while "starting Ray" not in _text(run_dir / "main.log") and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    time.sleep(1)
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-3000:]
+    res = read_results(run_dir)
+    assert res["status"] == "interrupted" and res["error"] == "interrupted by SIGTERM", res
+    assert (run_dir / "model.pt").is_file() and "Traceback" not in out + err
+    deadline = time.monotonic() + 20
+    while session_processes(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert session_processes(proc.pid) == []
+
+
+def test_sigkill_leaves_the_last_rounds_model_and_no_partial_file(tmp_path):
+    """`kill -9` (the out-of-memory killer) gives no chance to save anything: what is on disk
+    was written after each round."""
+    run_dir = tmp_path / "run"
+    proc = start(["num_clients=3", "num_rounds=50", "simulation.backend=inline"], run_dir)
+    wait_for_steps(run_dir, "rounds", proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+    res = read_results(run_dir)
+    assert res["status"] == "running" and res["rounds"][0]["round"] == 1
+    state = torch.load(run_dir / "model.pt", weights_only=True)
+    assert set(state) == set(CNN(1, 32, 10).state_dict())
+    assert [p.name for p in run_dir.iterdir() if p.name.endswith(".tmp")] == []
+
+
 def test_sigterm_during_long_client_work_stops_the_client_workers(tmp_path):
     """`kill PID` reaches only the driver: the clients' fit (minutes of local epochs) is
     cut short by stopping their Ray workers KILL_AFTER seconds later, not waited for."""

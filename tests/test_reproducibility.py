@@ -46,6 +46,7 @@ def test_the_same_config_repeats_bit_for_bit(runs):
     assert without_timing(a["rounds"]) == without_timing(b["rounds"])  # floats compared with ==
     assert a["initial"] == b["initial"] and a["final"] == b["final"]
     assert (dir_a / "partitions.json").read_bytes() == (dir_b / "partitions.json").read_bytes()
+    assert (dir_a / "model.pt").read_bytes() == (dir_b / "model.pt").read_bytes()
     ma, mb = (torch.load(d / "model.pt", weights_only=True) for d in (dir_a, dir_b))
     assert all(torch.equal(ma[k], mb[k]) for k in ma)
 

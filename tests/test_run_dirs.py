@@ -11,6 +11,34 @@ import pytest
 from fedexp import command_line
 from fedexp.command_line import fresh_dir
 from fedexp.main import main
+from fedexp.results import ResultsExistError, RunResults
+from conftest import read_results
+
+
+def test_a_run_directory_has_one_owner(tmp_path):
+    """Two runs that pass the command line's check at the same moment: the first to claim
+    the directory gets it, the other is refused before it writes anything."""
+    first = RunResults(tmp_path / "run", "federated")
+    with pytest.raises(ResultsExistError, match="belongs to another fedexp run"):
+        RunResults(tmp_path / "run", "federated")
+    assert read_results(first.dir)["status"] == "running"
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "model.pt").write_bytes(b"a killed run's model")
+    with pytest.raises(ResultsExistError, match="already holds model.pt from another run"):
+        RunResults(tmp_path / "old", "federated")
+    assert sorted(p.name for p in (tmp_path / "old").iterdir()) == ["model.pt"]
+
+
+def test_model_files_of_equal_models_are_equal_bytes(tmp_path):
+    import torch
+
+    from fedexp.models import CNN
+
+    torch.manual_seed(0)
+    model = CNN(1, 32, 10)
+    paths = [RunResults(tmp_path / name, "federated").save_model(model) for name in ("a", "b")]
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    assert [p.name for p in (tmp_path / "a").iterdir() if p.name.endswith(".tmp")] == []
 
 
 def test_fresh_dir_claims_a_new_directory(tmp_path, monkeypatch):

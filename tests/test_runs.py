@@ -107,5 +107,5 @@ def test_a_run_never_overwrites_results(tmp_path):
     (run_dir / "results.json").write_text('{"status": "completed"}')
     proc = run_cli("mode=centralized", "centralized.epochs=1", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert proc.returncode == 2
-    assert "refusing to overwrite" in proc.stderr
+    assert "refusing to write into it" in proc.stderr
     assert (run_dir / "results.json").read_text() == '{"status": "completed"}'

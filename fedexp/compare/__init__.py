@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .runs import CompareError, check_same_dataset, load_runs
 from ..sweep import first_line
-from .table import Settings, csv_rows, group_rows, render, run_rows, seed_groups
+from .table import Settings, csv_rows, group_rows, printable, render, run_rows, seed_groups
 
 # A run's own files: --csv/--plot never write over them.
 RUN_FILES = ("results.json", "metrics.csv", "results.png", "model.pt", "main.log")
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         if failed:
             print("\nerrors:")
             for r in failed:
-                print(f"  {r.name}: {first_line(r.results['error'])}")
+                print(printable(f"  {r.name}: {first_line(str(r.results['error']))}"))
         if args.csv or args.plot:
             print()
         if args.csv:
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print(f"wrote {plot(settings, groups, args.plot)}")
     except CompareError as e:
-        print(f"fedexp-compare: error: {e}", file=sys.stderr)
+        print(printable(f"fedexp-compare: error: {e}"), file=sys.stderr)
         return 2
     except BrokenPipeError:  # `fedexp-compare ... | head`: the reader has gone
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -155,6 +155,14 @@ def check_contract(data, where: str) -> None:
     for key in ("test_loss", "test_accuracy"):
         if final and final.get(key) is not None and not _number(final[key]):
             bad(f"final.{key} is {final[key]!r}, expected a number or null")
+    for key in ("data", "initial"):
+        if data.get(key) is not None and not isinstance(data[key], dict):
+            bad(f"'{key}' is {data[key]!r}, expected an object")
+    if not isinstance((data.get("data") or {}).get("dataset", ""), str):
+        bad(f"data.dataset is {data['data']['dataset']!r}, expected a name")
+    for key in ("test_loss", "test_accuracy"):
+        if data.get("initial") and data["initial"].get(key) is not None and not _number(data["initial"][key]):
+            bad(f"initial.{key} is {data['initial'][key]!r}, expected a number or null")
     if mode not in MODES:
         return
     steps_key, step_key = STEPS[mode]
@@ -167,6 +175,12 @@ def check_contract(data, where: str) -> None:
         for key in ("test_loss", "test_accuracy"):
             if s.get(key) is not None and not _number(s[key]):
                 bad(f"{steps_key}[{i}].{key} is {s[key]!r}, expected a number or null")
+        clients = s.get("all_clients")
+        if clients is not None and not isinstance(clients, dict):
+            bad(f"{steps_key}[{i}].all_clients is {clients!r}, expected an object")
+        for key in ("mean_accuracy", "p10_accuracy", "min_accuracy"):
+            if clients and clients.get(key) is not None and not _number(clients[key]):
+                bad(f"{steps_key}[{i}].all_clients.{key} is {clients[key]!r}, expected a number or null")
 
 
 def _yaml(path: Path):
@@ -179,10 +193,14 @@ def _yaml(path: Path):
 def load_run(run_dir: Path) -> Run:
     path = run_dir / "results.json"
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise CompareError(f"{path} is not UTF-8 text (byte {e.start}); {CONTRACT}") from None
     except json.JSONDecodeError as e:
         raise CompareError(f"{path} is not valid JSON ({e.msg}, line {e.lineno}); "
                            f"{CONTRACT}") from None
+    except OSError as e:
+        raise CompareError(f"{path} cannot be read ({e.strerror or type(e).__name__})") from None
     check_contract(data, str(path))
     snapshot = run_dir / ".hydra"
     if not (snapshot / "config.yaml").is_file():

@@ -224,8 +224,15 @@ def group_rows(settings: Settings, groups: list[SeedGroup]) -> tuple[list[str], 
     return header, rows
 
 
+def printable(text) -> str:
+    """`text` with every control character (a terminal's escape codes among them) shown as
+    an escape, so that nothing a results file holds can act on the terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 def render(header: list[str], rows: list[list[str]]) -> str:
     """A plain-text table: the first column and words left-aligned, numbers right-aligned."""
+    header, rows = [printable(c) for c in header], [[printable(c) for c in r] for r in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     numeric = [j > 0 and all(_numeric(row[j]) for row in rows) for j in range(len(header))]
 

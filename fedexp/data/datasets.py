@@ -167,6 +167,24 @@ def check_image_folder(path: str | None) -> Path:
     return root
 
 
+def _read_cache(cache: Path) -> dict | None:
+    """The decoded arrays in `cache`, or None if there are none. A cache that cannot be read
+    (cut short by a full disk or a killed process, say) is removed, and decoded again."""
+    if not cache.exists():
+        return None
+    try:
+        with np.load(cache) as d:
+            cached = {name: d[name] for name in d.files}
+        if not {"x_train", "y_train", "x_test", "y_test"} <= set(cached):
+            raise ValueError("arrays missing")
+        return cached
+    except Exception as e:  # numpy raises OSError, ValueError, zipfile.BadZipFile, EOFError...
+        log.warning("the decoded image cache %s is unreadable (%s: %s): decoding the images again",
+                    cache, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+        cache.unlink(missing_ok=True)
+        return None
+
+
 def load_image_folder(path: str | None = None, image_size: int = 32, channels: int = 3,
                       cache_dir: str | None = None) -> ImageData:
     """A user's own images in torchvision's ImageFolder layout (DIR/train, DIR/test).
@@ -179,10 +197,8 @@ def load_image_folder(path: str | None = None, image_size: int = 32, channels: i
     cache_root = Path(cache_dir or Path.home() / ".cache" / "fedexp").expanduser()
     key = _folder_signature(root, image_size, channels)
     cache = cache_root / f"image_folder-{key}.npz"
-    cached = None
-    if cache.exists():
-        with np.load(cache) as d:
-            cached = {name: d[name] for name in d.files}
+    cached = _read_cache(cache)
+    if cached is not None:
         if "classes" in cached:  # no torchvision import (1-2 s) when nothing needs decoding
             return ImageData(cached["x_train"], cached["y_train"], cached["x_test"],
                              cached["y_test"], [str(c) for c in cached["classes"]])

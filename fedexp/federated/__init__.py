@@ -12,6 +12,7 @@ model is written as model.pt and results.json says how it ended.
 """
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
@@ -81,7 +82,13 @@ def run(work: Workload, results: RunResults) -> torch.nn.Module:
     model = work.new_model()
     manager = PartitionClientManager(cfg.seed, expected=cfg.num_clients)
 
+    saved = copy.deepcopy(model)  # what model.pt holds; the strategy keeps `model` as it was built
+
     def on_round(record: dict) -> None:
+        weights = strategy.final_weights()
+        if weights is not None:  # model.pt: always the last completed round's model, written
+            set_weights(saved, weights)  # before results.json lists the round
+            results.save_model(saved)
         results.add(record)
         progress.round_line(record, cfg.num_rounds, results.steps)
 

@@ -40,6 +40,7 @@ import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 
@@ -253,7 +254,8 @@ def _start(address: str | None, num_cpus: int | None, num_gpus: float | None, ve
         args.update(address="local", num_cpus=num_cpus, num_gpus=num_gpus,
                     _system_config={"preload_python_modules": ["fedexp.federated.worker"],
                                     "worker_niceness": os.nice(0) if niceness is None else int(niceness)})
-        ready_dir = tempfile.mkdtemp(prefix="fedexp-ready-")
+        reap_orphans()
+        ready_dir = tempfile.mkdtemp(prefix=f"{READY_PREFIX}{os.getpid()}-")
     # Every process the local Ray starts inherits this tag, which finds them after
     # shutdown: they are not this process's children (Ray re-parents them).
     tag = f"{os.getpid()}-{uuid.uuid4().hex}"
@@ -267,6 +269,12 @@ def _start(address: str | None, num_cpus: int | None, num_gpus: float | None, ve
         os.environ.update(inherited)
         try:
             ray.init(**args)
+        except SystemExit as e:  # SIGTERM while ray.init had its own handler installed
+            if in_main and e.code == signal.SIGTERM:
+                from ..interrupts import Interrupted
+
+                raise Interrupted(signal.SIGTERM) from None
+            raise
         finally:
             for name, value in saved.items():
                 _restore_env(name, value)
@@ -279,6 +287,7 @@ def _start(address: str | None, num_cpus: int | None, num_gpus: float | None, ve
 
 
 READY_DIR = "FEDEXP_READY_DIR"  # worker.py marks each started worker process here
+READY_PREFIX = "fedexp-ready-"  # + the driver's pid: the ready folders in the temp directory
 _TAG = "FEDEXP_RAY_SESSION"
 
 
@@ -289,17 +298,68 @@ def _restore_env(name: str, value: str | None) -> None:
         os.environ[name] = value
 
 
+def _session_tag(proc) -> str | None:
+    """The _TAG value in `proc`'s environment. Read from /proc where there is one: Ray's
+    agents retitle themselves (setproctitle), which leaves empty entries at the start of
+    their environment block, where psutil's parser stops."""
+    try:
+        block = Path(f"/proc/{proc.pid}/environ").read_bytes()
+    except FileNotFoundError:
+        block = None
+    if block is None or not Path("/proc/self/environ").exists():
+        return proc.environ().get(_TAG)
+    prefix = f"{_TAG}=".encode()
+    for entry in block.split(b"\0"):
+        if entry.startswith(prefix):
+            return entry[len(prefix):].decode(errors="replace")
+    return None
+
+
 def _tagged(tag: str) -> list:
     import psutil  # shipped with Ray (ray/thirdparty_files), importable once ray is
 
     found = []
     for proc in psutil.process_iter():
         try:
-            if proc.pid != os.getpid() and proc.environ().get(_TAG) == tag:
+            if proc.pid != os.getpid() and _session_tag(proc) == tag:
                 found.append(proc)
         except (psutil.Error, OSError):
             continue
     return found
+
+
+def reap_orphans() -> int:
+    """End what the local Ray of a killed fedexp driver left running (Ray's dashboard and
+    runtime-env agents outlive a `kill -9` of their driver by a minute or more), and remove
+    its ready folders; say so in one line. Found by their session tag, whose first part is
+    the driver's pid: only processes of drivers that no longer exist are touched, never
+    another live run's or another Ray's. Returns how many processes were ended."""
+    try:
+        import psutil
+    except ImportError:
+        return 0
+    orphans: dict[int, list] = {}
+    for proc in psutil.process_iter():
+        try:
+            tag = _session_tag(proc)
+        except (psutil.Error, OSError):
+            continue
+        owner = tag.split("-", 1)[0] if tag else ""
+        if owner.isdigit() and int(owner) != os.getpid() and not psutil.pid_exists(int(owner)):
+            orphans.setdefault(int(owner), []).append(proc)
+    for owner, procs in orphans.items():
+        for proc in procs:
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+        print(f"fedexp: ended {len(procs)} process(es) left by the Ray of a killed fedexp run "
+              f"(driver pid {owner})", file=sys.stderr, flush=True)
+    for folder in Path(tempfile.gettempdir()).glob(f"{READY_PREFIX}*-*"):
+        owner = folder.name[len(READY_PREFIX):].split("-", 1)[0]
+        if owner.isdigit() and int(owner) != os.getpid() and not psutil.pid_exists(int(owner)):
+            shutil.rmtree(folder, ignore_errors=True)
+    return sum(len(procs) for procs in orphans.values())
 
 
 def _stop_leftovers(tag: str) -> None:
