@@ -20,7 +20,7 @@ from .checks import ConfigError, check
 from .command_line import UNUSED_ENV, prepare, signature_of_job, fresh_dir
 from .data import DatasetError
 from .interrupts import signals_as_interrupts
-from .results import STEP_KEY, ResultsExistError, RunResults
+from .results import DISK_ERRNOS, STEP_KEY, OutputError, ResultsExistError, RunResults
 from .sweep import in_multirun, record_failed_job
 
 log = logging.getLogger("fedexp")
@@ -65,11 +65,18 @@ def run(cfg: DictConfig, run_dir: str, info: dict | None = None) -> dict:
         runner = federated if cfg.mode == "federated" else centralized
         runner.run(work, results)
     except BaseException as e:
+        if isinstance(e, OSError) and e.errno in DISK_ERRNOS:
+            e = OutputError.of(e, run_dir)
         if results.data["status"] == "running":
-            if isinstance(e, KeyboardInterrupt):
-                results.finish("interrupted", error=str(e) or "interrupted")
-            else:
-                results.finish("failed", error=f"{type(e).__name__}: {e}")
+            try:
+                if isinstance(e, KeyboardInterrupt):
+                    results.finish("interrupted", error=str(e) or "interrupted")
+                else:
+                    results.finish("failed", error=f"{type(e).__name__}: {e}")
+            except OSError:  # the disk is full: results.json keeps the rounds it had
+                pass
+        if isinstance(e, OutputError):
+            raise e from None
         raise
     finally:
         results.plot()
@@ -140,6 +147,10 @@ def exit_status(error: BaseException, run_dir: str) -> int | None:
     if isinstance(error, USER_ERRORS):
         print(f"fedexp: error: {error}", file=sys.stderr)
         return 2
+    if isinstance(error, OutputError):
+        print(f"fedexp: error: {error} (status: failed, if results.json could still be written)",
+              file=sys.stderr)
+        return 1
     if isinstance(error, KeyboardInterrupt):
         print(f"fedexp: {error or 'interrupted'}: the results so far are in {run_dir} "
               f"(status: interrupted)", file=sys.stderr)

@@ -7,6 +7,7 @@ be inspected even when a run fails.
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 from collections.abc import Mapping
@@ -81,8 +82,10 @@ def plot(summary: dict, out: Path) -> Path:
                  + (f", {summary['unassigned']} examples unassigned" if summary["unassigned"] else ""),
                  fontsize=10)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=100, format="png")
     plt.close(fig)
+    atomic_write(out, buffer.getvalue())
     return out
 
 

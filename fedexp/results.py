@@ -10,13 +10,17 @@ The contract (documented in the README) may gain keys; existing keys are never r
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
+import logging
 import math
 import os
 import threading
 import time
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 STATUSES = ("running", "completed", "failed", "diverged", "interrupted")
 CLIENT_COLUMNS = ["round", "client", "examples", "loss", "accuracy"]
@@ -47,6 +51,18 @@ def without_timing(value):
 
 class ResultsExistError(RuntimeError):
     """The run directory already holds another run's results."""
+
+
+class OutputError(RuntimeError):
+    """The run's files cannot be written (a full disk, a quota, a read-only file system)."""
+
+    @classmethod
+    def of(cls, error: OSError, run_dir) -> "OutputError":
+        where = f" ({Path(error.filename).name})" if error.filename else ""
+        return cls(f"cannot write the run's files in {run_dir}{where}: {error.strerror or error}")
+
+
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}  # what OutputError covers
 
 
 CLAIM = ".fedexp-run"  # created, exclusively, by the run a directory belongs to
@@ -101,6 +117,9 @@ def atomic_write(path: Path, content: str | bytes) -> None:
         else:
             tmp.write_text(content)
         os.replace(tmp, path)
+    except OSError as e:  # named by the file it was for, not the temporary one
+        tmp.unlink(missing_ok=True)
+        raise OSError(e.errno, e.strerror, str(path)) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -207,8 +226,14 @@ class RunResults:
         fig.suptitle(f"{self.mode} run, {self.data['status']}: {self._describe()}", fontsize=10)
         fig.tight_layout()
         out = self.dir / "results.png"
-        fig.savefig(out, dpi=100)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, dpi=100, format="png")
         plt.close(fig)
+        try:
+            atomic_write(out, buffer.getvalue())
+        except OSError as e:  # the results themselves are on disk: the picture is not worth a failed run
+            log.warning("results.png not written: %s", e.strerror or e)
+            return None
         return out
 
     def _plot_all_clients(self, ax, key: str) -> None:

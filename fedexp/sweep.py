@@ -22,12 +22,12 @@ from omegaconf import DictConfig
 
 from .checks import ConfigError
 from .data import DatasetError
-from .results import ResultsExistError, record_failure
+from .results import OutputError, ResultsExistError, record_failure
 
 log = logging.getLogger("fedexp")
 
 # Errors whose message says everything: no traceback for these.
-USER_ERRORS = (ConfigError, DatasetError, ResultsExistError)
+USER_ERRORS = (ConfigError, DatasetError, ResultsExistError, OutputError)
 
 
 def first_line(text: str, limit: int = 200) -> str:

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import datetime as real_datetime
+import errno
 import json
 import sys
+from pathlib import Path
 
 import hydra.core.utils
 import pytest
@@ -39,6 +41,32 @@ def test_model_files_of_equal_models_are_equal_bytes(tmp_path):
     paths = [RunResults(tmp_path / name, "federated").save_model(model) for name in ("a", "b")]
     assert paths[0].read_bytes() == paths[1].read_bytes()
     assert [p.name for p in (tmp_path / "a").iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_a_full_disk_fails_the_run_in_one_line_and_leaves_no_partial_file(tmp_path, monkeypatch, capsys):
+    real = Path.write_bytes
+
+    def full(self, data):
+        if self.name.startswith(".model.pt"):
+            real(self, data[: len(data) // 2])  # part of the file, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    run_dir = tmp_path / "run"
+    monkeypatch.setattr(sys, "argv", ["fedexp", "num_clients=2", "num_rounds=2", f"hydra.run.dir={run_dir}"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert [line for line in err.splitlines() if line.startswith("fedexp:")] == [
+        f"fedexp: error: cannot write the run's files in {run_dir} (model.pt): No space left on device "
+        f"(status: failed, if results.json could still be written)"]
+    res = read_results(run_dir)
+    assert res["status"] == "failed" and "No space left on device" in res["error"]
+    assert not (run_dir / "model.pt").exists()
+    assert [p.name for p in run_dir.iterdir() if p.name.endswith(".tmp")] == []
 
 
 def test_fresh_dir_claims_a_new_directory(tmp_path, monkeypatch):
