@@ -255,7 +255,32 @@ def prepare(argv: list[str], conf_dir: str) -> CommandLine:
 
     conf = Path(conf_dir)
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        return _check(argv, conf)
+        line = _check(argv, conf)
+    if line.problem is None:
+        line.problem = _claim_run_dir(line.argv)
+    return line
+
+
+def _claim_run_dir(argv: list[str]) -> str | None:
+    """Claim an explicit `hydra.run.dir` for this run before Hydra writes its snapshot
+    there (see results.claim): of two runs started at once on one directory, one gets it
+    and the other is refused here, before it writes anything."""
+    from hydra._internal.utils import get_args_parser
+
+    from .results import ResultsExistError, claim
+
+    args, _ = get_args_parser().parse_known_args(argv)
+    if (args.multirun or args.cfg or args.help or args.hydra_help or args.info or args.shell_completion
+            or args.experimental_rerun):  # no run: nothing to claim
+        return None
+    for arg in args.overrides:
+        key, _, value = arg.lstrip("+").partition("=")
+        if key == "hydra.run.dir" and value and "${" not in value:
+            try:
+                claim(value)
+            except ResultsExistError as e:
+                return f"hydra.run.dir={e}"
+    return None
 
 
 def _check(argv: list[str], conf: Path) -> CommandLine:

@@ -75,22 +75,34 @@ def outputs_in(run_dir: str | Path) -> list[str]:
     return [name for name in RUN_OUTPUTS if (Path(run_dir) / name).exists()]
 
 
+def _claimant(run_dir: Path) -> int | None:
+    try:
+        return int((run_dir / CLAIM).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
 def claim(run_dir: str | Path) -> None:
     """Make `run_dir` this run's, or raise ResultsExistError: it holds another run's output,
     or another run started at the same moment claimed it first (O_EXCL decides)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    created = False
     try:
         fd = os.open(run_dir / CLAIM, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
-        raise ResultsExistError(f"{run_dir} belongs to another fedexp run (it holds {CLAIM}); "
-                                f"refusing to write into it (choose another hydra.run.dir, or leave "
-                                f"it unset for a fresh directory)") from None
-    with os.fdopen(fd, "w") as f:
-        f.write(f"{os.getpid()}\n")
+        if _claimant(run_dir) != os.getpid():  # else: claimed by this process's command line
+            raise ResultsExistError(f"{run_dir} belongs to another fedexp run (it holds {CLAIM}); "
+                                    f"refusing to write into it (choose another hydra.run.dir, or leave "
+                                    f"it unset for a fresh directory)") from None
+    else:
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        created = True
     others = [name for name in outputs_in(run_dir) if name != CLAIM]
     if others:
-        (run_dir / CLAIM).unlink()
+        if created:
+            (run_dir / CLAIM).unlink()
         raise ResultsExistError(f"{run_dir} already holds {others[0]} from another run; refusing to "
                                 f"write into it (choose another hydra.run.dir, or leave it unset for a "
                                 f"fresh directory)")

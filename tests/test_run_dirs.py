@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime as real_datetime
 import errno
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -14,16 +15,21 @@ from fedexp import command_line
 from fedexp.command_line import fresh_dir
 from fedexp.main import main
 from fedexp.results import ResultsExistError, RunResults
-from conftest import read_results
+from conftest import REPO, read_results
 
 
 def test_a_run_directory_has_one_owner(tmp_path):
     """Two runs that pass the command line's check at the same moment: the first to claim
     the directory gets it, the other is refused before it writes anything."""
     first = RunResults(tmp_path / "run", "federated")
-    with pytest.raises(ResultsExistError, match="belongs to another fedexp run"):
+    with pytest.raises(ResultsExistError, match="already holds results.json from another run"):
         RunResults(tmp_path / "run", "federated")
     assert read_results(first.dir)["status"] == "running"
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / ".fedexp-run").write_text("1\n")  # claimed by another process, nothing written yet
+    with pytest.raises(ResultsExistError, match="belongs to another fedexp run"):
+        RunResults(tmp_path / "taken", "federated")
+    assert sorted(p.name for p in (tmp_path / "taken").iterdir()) == [".fedexp-run"]
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "model.pt").write_bytes(b"a killed run's model")
     with pytest.raises(ResultsExistError, match="already holds model.pt from another run"):
@@ -41,6 +47,19 @@ def test_model_files_of_equal_models_are_equal_bytes(tmp_path):
     paths = [RunResults(tmp_path / name, "federated").save_model(model) for name in ("a", "b")]
     assert paths[0].read_bytes() == paths[1].read_bytes()
     assert [p.name for p in (tmp_path / "a").iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_two_runs_started_together_on_one_directory_one_is_refused_before_hydra_writes(tmp_path, monkeypatch):
+    """The command line claims an explicit run directory before Hydra writes its snapshot
+    there: the second run is refused and the first run's .hydra/ stays its own."""
+    from fedexp.results import CLAIM
+
+    run_dir = tmp_path / "run"
+    first = command_line.prepare([f"hydra.run.dir={run_dir}"], str(REPO / "conf"))
+    assert first.problem is None and (run_dir / CLAIM).read_text().strip() == str(os.getpid())
+    (run_dir / CLAIM).write_text("1\n")  # as if another process had claimed it first
+    second = command_line.prepare([f"hydra.run.dir={run_dir}"], str(REPO / "conf"))
+    assert second.problem.startswith(f"hydra.run.dir={run_dir} already holds {CLAIM} from another run")
 
 
 def test_a_full_disk_fails_the_run_in_one_line_and_leaves_no_partial_file(tmp_path, monkeypatch, capsys):
