@@ -36,7 +36,7 @@ SLOW_MODULES = {"test_sweeps", "test_cluster", "test_runs", "test_engine_start",
 def pytest_collection_modifyitems(items):
     for item in items:
         if (item.module.__name__ in SLOW_MODULES
-                or {"ray_cluster", "run_on_cluster"} & set(getattr(item, "fixturenames", ()))):
+                or {"ray_cluster", "run_on_cluster", "run_inline"} & set(getattr(item, "fixturenames", ()))):
             item.add_marker(pytest.mark.slow)
 
 
@@ -106,6 +106,21 @@ def ray_cluster():
             except ProcessLookupError:
                 pass
         shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture
+def run_inline(tmp_path_factory):
+    """Run fedexp in this process with its clients inline (simulation.backend=inline): a
+    real simulation through Flower's engine without a Ray start. `_run(*overrides)` returns
+    (results.json's data, run directory)."""
+    from fedexp.main import run
+
+    def _run(*overrides: str, name: str = "run"):
+        cfg = compose_cfg("simulation.backend=inline", *overrides)
+        run_dir = tmp_path_factory.mktemp(name)
+        return run(cfg, str(run_dir)), run_dir
+
+    return _run
 
 
 @pytest.fixture(scope="session")

@@ -45,7 +45,7 @@ def session_processes(sid: int) -> list[str]:
 def test_ctrl_c_keeps_the_rounds_so_far_and_leaves_no_process(tmp_path):
     """Inline clients (the SIGTERM tests below stop clients on Ray)."""
     run_dir = tmp_path / "run"
-    proc = start(["num_clients=3", "num_rounds=50"], run_dir)
+    proc = start(["num_clients=3", "num_rounds=50", "simulation.backend=inline"], run_dir)
     wait_for_steps(run_dir, "rounds", proc)
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole job gets it
     t0 = time.monotonic()

@@ -77,11 +77,11 @@ def test_resnet18_has_a_small_image_stem():
     assert big.conv1.kernel_size == (7, 7) and isinstance(big.maxpool, nn.MaxPool2d)
 
 
-def test_batchnorm_buffers_travel_through_a_federated_round(run_on_cluster):
-    """ResNet-18 (BatchNorm) on digits at their native 8x8, one round through Flower and Ray:
+def test_batchnorm_buffers_travel_through_a_federated_round(run_inline):
+    """ResNet-18 (BatchNorm) on digits at their native 8x8, one round through Flower's engine:
     the global model's running statistics are the clients' and its batch counter is the
     number of steps each client took, as an int64."""
-    res, run_dir = run_on_cluster("model=resnet18", "dataset.image_size=8", "num_clients=4",
+    res, run_dir = run_inline("model=resnet18", "dataset.image_size=8", "num_clients=4",
                                   "strategy.fraction_fit=0.5", "num_rounds=1", "batch_size=64",
                                   "strategy.fraction_evaluate=0", "strategy.min_evaluate_clients=0",
                                   name="resnet18")

@@ -136,13 +136,13 @@ def test_compare_shows_the_mean_and_the_worst_tail(tmp_path, capsys):
     assert row["b"].count("0.6000") == 3
 
 
-def test_a_personal_model_differs_from_the_global_one_and_stays_with_its_client(run_on_cluster, tmp_path):
-    """A real simulation (Flower + Ray): each Ditto client, when evaluated, uses the
+def test_a_personal_model_differs_from_the_global_one_and_stays_with_its_client(run_inline, tmp_path):
+    """A real simulation (Flower's engine, clients inline): each Ditto client, when evaluated, uses the
     personal model it stored when it last trained, not the global model it received;
     results.json's `all_clients` covers every client every round and agrees with clients.csv.
     The clients keep their state in files (a local Ray's default; test_methods.py's SCAFFOLD
-    test covers Flower's Context.state)."""
-    res, run_dir = run_on_cluster("strategy=ditto", "num_clients=4", "num_rounds=3", "partitioning=pathological",
+    test covers Flower's Context.state through Ray)."""
+    res, run_dir = run_inline("strategy=ditto", "num_clients=4", "num_rounds=3", "partitioning=pathological",
                                   "strategy.fraction_fit=0.5", "evaluation.all_clients_every=1",
                                   "simulation.client_state=disk",
                                   "strategy.client._target_=recording_methods.RecordingDittoClient",
