@@ -36,6 +36,15 @@ def wait_for_steps(run_dir: Path, key: str, proc: subprocess.Popen, timeout=240)
     raise AssertionError(f"no {key} after {timeout} s")
 
 
+def wait_for_line(run_dir: Path, text: str, proc: subprocess.Popen, timeout=120) -> float:
+    """Wait until main.log holds `text`; return the deadline, for waits that follow."""
+    deadline = time.monotonic() + timeout
+    while text not in _text(run_dir / "main.log") and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    return deadline
+
+
 def session_processes(sid: int) -> list[str]:
     """Live processes of session `sid` (zombies awaiting their reaper do not count)."""
     out = subprocess.run(["ps", "-o", "stat=,args=", "-s", str(sid)], capture_output=True, text=True).stdout
@@ -71,10 +80,7 @@ def test_sigterm_to_the_group_while_ray_starts_is_an_interrupt(tmp_path):
     `ray.init`, Ray's own SIGTERM handler is in place; the run still ends as interrupted."""
     run_dir = tmp_path / "run"
     proc = start(["num_clients=2", "num_rounds=3", "simulation.backend=ray"], run_dir)
-    deadline = time.monotonic() + 120
-    while "starting Ray" not in _text(run_dir / "main.log") and time.monotonic() < deadline:
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.1)
+    wait_for_line(run_dir, "starting Ray", proc)
     time.sleep(1)
     os.killpg(proc.pid, signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
@@ -108,10 +114,7 @@ def test_sigterm_during_long_client_work_stops_the_client_workers(tmp_path):
     cut short by stopping their Ray workers KILL_AFTER seconds later, not waited for."""
     run_dir = tmp_path / "run"
     proc = start(["num_clients=2", "num_rounds=2", "local_epochs=400"], run_dir)
-    deadline = time.monotonic() + 120
-    while "starting Ray" not in _text(run_dir / "main.log") and time.monotonic() < deadline:
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.2)
+    deadline = wait_for_line(run_dir, "starting Ray", proc)
     # Ray names a worker's process after the actor method it runs: both clients are fitting
     while (sum("ray::ClientAppActor.run" in p for p in session_processes(proc.pid)) < 2
            and time.monotonic() < deadline):
