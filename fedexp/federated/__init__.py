@@ -4,8 +4,9 @@ client.py (what every virtual client does), methods/ (each method's strategy and
 half, side by side), server/ (fedexp's parts around the strategy: sampling, instructions,
 round records, the last good model), strategies.py (building the configured strategy),
 payload.py (the model's arrays and a method's extras in one message), simulation.py
-(Flower's engine, on Ray or with the clients in this process), worker.py (what each Ray worker loads as it starts),
-faults.py (injected failures and stragglers); `run` wires them for one experiment.
+(Flower's engine, on Ray or with the clients in this process), worker.py (what each Ray
+worker loads as it starts), faults.py (injected failures and stragglers); `run` wires them
+for one experiment.
 
 However the run ends (completed, failed, diverged, interrupted), the last good global
 model is written as model.pt and results.json says how it ended.
@@ -117,20 +118,19 @@ def run(work: Workload, results: RunResults) -> torch.nn.Module:
                            "joining the sweep's Ray" if address != cfg.simulation.ray_address else
                            "starting Ray"))
     data = {"x": work.data.x_train, "y": work.data.y_train, "train": work.parts.train, "val": work.parts.val}
-    threads = max(1, int(client_cpus))
+    client_cfg, threads = OmegaConf.to_container(cfg, resolve=True), max(1, int(client_cpus))
     status, error, interrupt = "completed", None, None
     try:
         if not on_ray:
-            spec = ClientSpec(cfg=OmegaConf.to_container(cfg, resolve=True), data_ref=data,
-                              device=str(work.device), threads=None,
+            spec = ClientSpec(cfg=client_cfg, data_ref=data, device=str(work.device), threads=None,
                               state_dir=state_dir(cfg, results.dir, on_ray=False))
             strategy.wait_for_clients = lambda: prepare(spec)
             run_engine(server_app, make_client_app(spec), cfg.num_clients, cfg.verbose,
                        stop=strategy.stop.set, backend=inline_clients(threads))
         else:
             with ray_session(*ray_settings, keep=jobs_in_this_process()) as session:
-                spec = ClientSpec(cfg=OmegaConf.to_container(cfg, resolve=True), data_ref=session.ray.put(data),
-                                  device=str(work.device), threads=threads,
+                spec = ClientSpec(cfg=client_cfg, data_ref=session.ray.put(data), device=str(work.device),
+                                  threads=threads,
                                   state_dir=state_dir(cfg, results.dir, on_ray=True))
                 resources = {"num_cpus": client_cpus, "num_gpus": client_gpus}
                 slots = min(session.client_slots(resources, share), cfg.num_clients)

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import count
 from pathlib import Path
