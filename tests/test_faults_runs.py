@@ -1,21 +1,44 @@
-"""Injected faults in real simulations (Flower + Ray), through the command line.
+"""Injected faults in real simulations, through the `fedexp` command's own function
+(`fedexp.main.main`, in this process: the runs are small, so their clients run inline).
 
 Two simulations: one with failing clients and stragglers that completes, one in which
-every client fails. Divergence is covered without Ray in test_server_faults.py and
+every client fails. Divergence is covered in test_server_faults.py and
 test_interrupts_and_divergence.py.
 """
 from __future__ import annotations
 
 import torch
 
-from conftest import read_results, run_cli
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+from conftest import read_results
+from fedexp.main import main
 from fedexp.federated.faults import fit_fails, stragglers
 
 
-def test_a_run_with_failures_and_stragglers_completes_and_counts_them(tmp_path):
+@pytest.fixture
+def fedexp(monkeypatch, capsys):
+    """`fedexp ARGS`, in this process: (exit status, stdout, stderr) as `proc`'s fields."""
+    def run(*args: str):
+        monkeypatch.setattr(sys, "argv", ["fedexp", *args])
+        code = 0
+        try:
+            main()
+        except SystemExit as e:
+            code = e.code
+        out, err = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+
+    return run
+
+
+def test_a_run_with_failures_and_stragglers_completes_and_counts_them(tmp_path, fedexp):
     run_dir = tmp_path / "run"
-    proc = run_cli("num_clients=4", "num_rounds=2", "faults.client_failure_rate=0.3",
-                   "faults.straggler_rate=0.25", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    proc = fedexp("num_clients=4", "num_rounds=2", "faults.client_failure_rate=0.3",
+                  "faults.straggler_rate=0.25", f"hydra.run.dir={run_dir}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = read_results(run_dir)
     assert res["status"] == "completed"
@@ -34,10 +57,9 @@ def test_a_run_with_failures_and_stragglers_completes_and_counts_them(tmp_path):
     assert "Traceback" not in proc.stdout + proc.stderr
 
 
-def test_a_round_in_which_every_client_fails_ends_the_run_as_failed(tmp_path):
+def test_a_round_in_which_every_client_fails_ends_the_run_as_failed(tmp_path, fedexp):
     run_dir = tmp_path / "run"
-    proc = run_cli("num_clients=3", "num_rounds=3", "faults.client_failure_rate=1.0",
-                   f"hydra.run.dir={run_dir}", cwd=tmp_path, timeout=300)
+    proc = fedexp("num_clients=3", "num_rounds=3", "faults.client_failure_rate=1.0", f"hydra.run.dir={run_dir}")
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == (
         f"fedexp: run failed: round 1: all 3 sampled clients failed, nothing to aggregate (e.g. "
