@@ -11,8 +11,10 @@ releases that ship it.
 Two backends run the clients (`simulation.backend`, see `uses_ray`): Flower's Ray backend,
 its actors working in parallel, and `inline_clients`, which runs them one after another
 in this process. Starting Ray and its workers costs about 10 s on a 2-core machine, more
-than a small run's training takes; the inline backend costs nothing to start, and gives
-the same results (each client uses `device.client_cpus` torch threads either way).
+than a small run's training takes; the inline backend costs nothing to start. The two
+agree up to float rounding (each client uses `device.client_cpus` torch threads either
+way, yet a Ray worker process rounds some operations differently); each repeats itself
+bit for bit.
 
 Ray is started here (not inside Flower) so that the training data can be put into Ray's
 object store before the clients exist, and so that `simulation.ray_address` can join an
@@ -304,9 +306,7 @@ def _session_tag(proc) -> str | None:
     their environment block, where psutil's parser stops."""
     try:
         block = Path(f"/proc/{proc.pid}/environ").read_bytes()
-    except FileNotFoundError:
-        block = None
-    if block is None or not Path("/proc/self/environ").exists():
+    except FileNotFoundError:  # no /proc (or the process is gone: psutil then says so)
         return proc.environ().get(_TAG)
     prefix = f"{_TAG}=".encode()
     for entry in block.split(b"\0"):
@@ -338,6 +338,11 @@ def reap_orphans() -> int:
         import psutil
     except ImportError:
         return 0
+
+    def gone(owner: str) -> bool:
+        """Whether `owner` names a driver process (not this one) that no longer exists."""
+        return owner.isdigit() and int(owner) != os.getpid() and not psutil.pid_exists(int(owner))
+
     orphans: dict[int, list] = {}
     for proc in psutil.process_iter():
         try:
@@ -345,7 +350,7 @@ def reap_orphans() -> int:
         except (psutil.Error, OSError):
             continue
         owner = tag.split("-", 1)[0] if tag else ""
-        if owner.isdigit() and int(owner) != os.getpid() and not psutil.pid_exists(int(owner)):
+        if gone(owner):
             orphans.setdefault(int(owner), []).append(proc)
     for owner, procs in orphans.items():
         for proc in procs:
@@ -356,8 +361,7 @@ def reap_orphans() -> int:
         print(f"fedexp: ended {len(procs)} process(es) left by the Ray of a killed fedexp run "
               f"(driver pid {owner})", file=sys.stderr, flush=True)
     for folder in Path(tempfile.gettempdir()).glob(f"{READY_PREFIX}*-*"):
-        owner = folder.name[len(READY_PREFIX):].split("-", 1)[0]
-        if owner.isdigit() and int(owner) != os.getpid() and not psutil.pid_exists(int(owner)):
+        if gone(folder.name[len(READY_PREFIX):].split("-", 1)[0]):
             shutil.rmtree(folder, ignore_errors=True)
     return sum(len(procs) for procs in orphans.values())
 
@@ -464,9 +468,8 @@ def _end_actors(pool) -> None:
 
 def inline_clients(threads: int):
     """A Flower simulation backend that runs each client in this process, one at a time,
-    with `threads` torch threads (as a Ray actor with `device.client_cpus` CPUs has), so
-    that a run gives the same numbers on either backend. What a worker process would
-    cache for the run (client.py's ClientKit) is cached here too."""
+    with `threads` torch threads (as a Ray actor with `device.client_cpus` CPUs has). What
+    a worker process would cache for the run (client.py's ClientKit) is cached here too."""
     import torch
     from flwr.clientapp.client_app import LoadClientAppError
     from flwr.server.superlink.fleet.vce.backend.backend import Backend
