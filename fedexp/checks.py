@@ -182,6 +182,9 @@ def _check_evaluation(cfg: DictConfig) -> None:
     every = (cfg.get("evaluation") or {}).get("all_clients_every", 0)
     _need(_is_int(every) and every >= 0, "evaluation.all_clients_every", every,
           "an integer >= 0 (0 = off, K = every K rounds and after the last)")
+    keep = (cfg.get("checkpoint") or {}).get("keep", 2)
+    _need(_is_int(keep) and keep >= 0, "checkpoint.keep", keep,
+          "an integer >= 0 (how many per-round checkpoints stay; 0 = none, no resume)")
     where = cfg.simulation.get("client_state", "auto")
     _need(where in ("auto", "memory", "disk"), "simulation.client_state", where, "auto, memory or disk")
     if where == "disk" and cfg.simulation.ray_address:

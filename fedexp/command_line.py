@@ -57,9 +57,11 @@ def _values(override) -> list[str] | None:
 
 
 def _output_dir_problem(override, multirun: bool) -> str | None:
+    from .resume import RESUME_ENV
+
     key, value = override.key_or_group, override.value()
-    if not isinstance(value, str) or "${" in value:
-        return None
+    if not isinstance(value, str) or "${" in value or os.environ.get(RESUME_ENV):
+        return None  # resume writes into its run's directory (see resume.py)
     from .results import outputs_in
 
     if key == "hydra.run.dir" and not multirun and outputs_in(value):
@@ -256,7 +258,9 @@ def prepare(argv: list[str], conf_dir: str) -> CommandLine:
     conf = Path(conf_dir)
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         line = _check(argv, conf)
-    if line.problem is None:
+    from .resume import RESUME_ENV
+
+    if line.problem is None and not os.environ.get(RESUME_ENV):  # a resumed run takes its claim over
         line.problem = _claim_run_dir(line.argv)
     return line
 

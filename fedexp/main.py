@@ -16,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from . import resume
 from .checks import ConfigError, check
 from .command_line import UNUSED_ENV, prepare, signature_of_job, fresh_dir
 from .data import DatasetError
@@ -56,20 +57,31 @@ def run(cfg: DictConfig, run_dir: str, info: dict | None = None) -> dict:
     check(cfg)
     if cfg.get("dry_run"):
         return dry_run(cfg, run_dir)
-    results = RunResults(run_dir, cfg.mode, info={"seed": cfg.seed, **(info or {})})
+    start = resume.starting_point(cfg, run_dir) if resume.requested_for(run_dir) else resume.Start()
+    if start.skip is not None:
+        return start.skip
+    results = RunResults(run_dir, cfg.mode, info={"seed": cfg.seed, **(info or {})}, resume_after=start.after)
+    if start.after is not None and not in_multirun():
+        resume.record_num_rounds(run_dir, cfg.num_rounds)
     try:
         work = Workload.build(cfg)
         results.data["data"] = {"dataset": cfg.dataset.name, "train_examples": len(work.data.y_train),
                                 "test_examples": len(work.data.y_test), "clients": len(work.parts)}
         partition_report.write(run_dir, work.data.y_train, work.parts, work.data.classes, cfg.partitioning)
-        runner = federated if cfg.mode == "federated" else centralized
-        runner.run(work, results)
+        if cfg.mode == "federated":
+            federated.run(work, results, resume=start.checkpoint)
+        else:
+            centralized.run(work, results)
     except BaseException as e:
         if isinstance(e, OSError) and e.errno in DISK_ERRNOS:
             e = OutputError.of(e, run_dir)
         if results.data["status"] == "running":
             try:
                 if isinstance(e, KeyboardInterrupt):
+                    if not (results.dir / "model.pt").exists():  # stopped before the run had a model
+                        from .workload import initial_model
+
+                        results.save_model(initial_model(cfg))
                     results.finish("interrupted", error=str(e) or "interrupted")
                 else:
                     results.finish("failed", error=f"{type(e).__name__}: {e}")
@@ -203,7 +215,19 @@ def objective(cfg: DictConfig, data: dict) -> float:
 def main() -> None:
     """The `fedexp` command: the command line is checked before Hydra touches any run
     directory (see command_line.py), then Hydra composes and runs `job`."""
-    line = prepare(sys.argv[1:], config_dir())
+    argv = sys.argv[1:]
+    os.environ.pop(resume.RESUME_ENV, None)
+    if resume.requested(argv):
+        plan = resume.plan(argv)
+        if plan.nothing_left:
+            print(f"fedexp: {plan.nothing_left}", file=sys.stderr)
+            sys.exit(0)
+        if plan.problem:
+            print(f"fedexp: error: {plan.problem}", file=sys.stderr)
+            sys.exit(2)
+        argv = plan.argv
+        os.environ[resume.RESUME_ENV] = plan.env
+    line = prepare(argv, config_dir())
     if line.problem:
         print(f"fedexp: error: {line.problem}", file=sys.stderr)
         sys.exit(2)
@@ -215,6 +239,7 @@ def main() -> None:
     try:
         job()
     finally:  # a sweep that ended early (Ctrl-C, exit) never reached SweepRay's end
+        os.environ.pop(resume.RESUME_ENV, None)
         simulation = sys.modules.get("fedexp.federated.simulation")
         if simulation is not None:
             simulation.close_kept_session()

@@ -1,8 +1,12 @@
 """What a run leaves behind: results.json (the contract), metrics.csv, results.png, model.pt.
 
-results.json and metrics.csv are rewritten after every round or epoch, atomically (temp
-file + rename), with `status: "running"` until the end: a killed run still leaves every
-completed round on disk, and a reader never sees a half-written file. The run ends with
+results.json and metrics.csv hold every completed round or epoch, with `status: "running"`
+until the end, so a killed run still leaves them on disk. They are written whole,
+atomically (temp file + rename), when the run starts, ends or changes a key other than its
+rounds; in between, each round is appended in place, with one write at the end of each
+file, so that writing a round costs the same at round 10 and at round 10,000 (a reader
+that reads while that write happens may see the file cut short, and reads it again: see
+`read_json`). The run ends with
 one of STATUSES. A run directory belongs to one run: the run claims it (CLAIM, created
 exclusively), and a directory that holds any run's output is never written into.
 The contract (documented in the README) may gain keys; existing keys are never renamed.
@@ -67,7 +71,7 @@ DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}  # what Out
 
 CLAIM = ".fedexp-run"  # created, exclusively, by the run a directory belongs to
 RUN_OUTPUTS = (CLAIM, "results.json", "model.pt", "metrics.csv", "clients.csv", "partitions.json",
-               "partitions.png", "results.png", "client_state")
+               "partitions.png", "results.png", "client_state", "checkpoints")
 
 
 def outputs_in(run_dir: str | Path) -> list[str]:
@@ -108,6 +112,41 @@ def claim(run_dir: str | Path) -> None:
                                 f"fresh directory)")
 
 
+def take_over(run_dir: str | Path) -> None:
+    """Make `run_dir`, which an earlier run claimed, this run's (`fedexp resume=DIR`), or
+    raise ResultsExistError while that run's process is still alive. Of two resumes started
+    at once, the one whose rename of the old claim succeeds gets it."""
+    run_dir = Path(run_dir)
+    owner = _claimant(run_dir)
+    if owner is not None and owner != os.getpid() and _alive(owner):
+        raise ResultsExistError(f"{run_dir} is in use by a running fedexp (pid {owner}); "
+                                f"resume it once that process has ended")
+    if owner != os.getpid():
+        moved = run_dir / f"{CLAIM}.{os.getpid()}"
+        try:
+            os.rename(run_dir / CLAIM, moved)
+        except FileNotFoundError:
+            if owner is not None:  # another resume renamed it first
+                raise ResultsExistError(f"{run_dir} is being resumed by another fedexp") from None
+        try:
+            fd = os.open(run_dir / CLAIM, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            raise ResultsExistError(f"{run_dir} is being resumed by another fedexp") from None
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        moved.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def _clean(v):
     """JSON has no NaN/inf: write them as null."""
     if isinstance(v, float) and not math.isfinite(v):
@@ -137,28 +176,110 @@ def atomic_write(path: Path, content: str | bytes) -> None:
         raise
 
 
+_JSON_END = "\n  ]\n}\n"  # what follows the last step in results.json
+
+
+def _write_at(path: Path, offset: int | None, data: bytes) -> None:
+    """One write of `data` at `offset` (None: the end) of `path`: a step appended in place."""
+    fd = os.open(path, os.O_WRONLY | (os.O_APPEND if offset is None else 0))
+    try:
+        if offset is None:
+            os.write(fd, data)
+        else:
+            os.pwrite(fd, data, offset)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from None
+    finally:
+        os.close(fd)
+
+
+def read_json(path: Path, attempts: int = 5):
+    """results.json's data. A run appends each round in place (see RunResults.add); a read
+    that overlaps that write can see the file cut short, so it is read again."""
+    for attempt in range(attempts):
+        try:
+            return json.loads(Path(path).read_bytes().decode("utf-8"))
+        except json.JSONDecodeError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.05)
+
+
 class RunResults:
     """The record of one run, written to `run_dir` as it grows."""
 
-    def __init__(self, run_dir: str | Path, mode: str, info: dict | None = None):
+    def __init__(self, run_dir: str | Path, mode: str, info: dict | None = None,
+                 resume_after: int | None = None):
+        """A new run's record; with `resume_after` R, the record of the run in `run_dir`
+        continued after its step R (see resume.py): steps after R are dropped, since the
+        resumed run computes them again from R's checkpoint."""
         self.dir = Path(run_dir)
-        claim(self.dir)
         self.mode = mode
         self._lock = threading.Lock()
-        self._json_steps: list[str] = []  # rounds/epochs serialised, all but the last one
+        self._json_steps: list[str] = []  # rounds/epochs serialised
         self._csv_steps: list[str] = []
+        self._json_tail: int | None = None  # where results.json's closing _JSON_END begins
+        self._written: tuple[str, int] | None = None  # (head, steps) the files hold, if appendable
         self._start = time.perf_counter()
-        self.data: dict = {"status": "running", "mode": mode, "wall_seconds": 0.0,
-                           STEP_KEY[mode]: [], "final": None, **(info or {})}
+        if resume_after is None:
+            claim(self.dir)
+            self.data: dict = {"status": "running", "mode": mode, "wall_seconds": 0.0,
+                               STEP_KEY[mode]: [], "final": None, **(info or {})}
+        else:
+            take_over(self.dir)
+            self.data = json.loads((self.dir / "results.json").read_text())
+            self.data[STEP_KEY[mode]] = [s for s in self.steps if s.get(STEP_KEY[mode][:-1], 0) <= resume_after]
+            self.data.pop("error", None)
+            self.data.update(status="running", final=None)
+            self.data["resumed_after"] = self.data.get("resumed_after", []) + [resume_after]
+            self._start -= float(self.data.get("wall_seconds") or 0.0)
+            self._drop_client_rows_after(resume_after)
         self.write()
+
+    def _drop_client_rows_after(self, step: int) -> None:
+        path = self.dir / "clients.csv"
+        if not path.exists():
+            return
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=CLIENT_COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(r for r in rows if int(r["round"]) <= step)
+        atomic_write(path, buf.getvalue())
 
     @property
     def steps(self) -> list[dict]:
         return self.data[STEP_KEY[self.mode]]
 
     def add(self, record: dict) -> None:
+        """Record a completed round or epoch: appended to both files when nothing else in
+        them changed since they were written, else both are written whole."""
         self.steps.append(dict(record))
-        self.write()
+        with self._lock:
+            appendable = (self._written is not None and self._written[1] == len(self.steps) - 1
+                          and self._written[0] == self._head(wall_seconds=False))
+        if appendable:
+            self._append()
+        else:
+            self.write()
+
+    def _head(self, wall_seconds: bool = True) -> str:
+        """results.json's keys other than the steps, as the file writes them."""
+        key = STEP_KEY[self.mode]
+        return json.dumps(_clean({k: v for k, v in self.data.items() if k != key
+                                  and (wall_seconds or k != "wall_seconds")}), indent=2)
+
+    def _append(self) -> None:
+        with self._lock:
+            step = self.steps[-1]
+            self._json_steps.append(self._step_json(step))
+            self._csv_steps.append(self._step_csv(step))
+            piece = f",\n    {self._json_steps[-1]}"
+            _write_at(self.dir / "results.json", self._json_tail, (piece + _JSON_END).encode())
+            self._json_tail += len(piece.encode())
+            _write_at(self.dir / "metrics.csv", None, self._csv_steps[-1].encode())
+            self._written = (self._written[0], len(self.steps))
 
     def finish(self, status: str, final: dict | None = None, error: str | None = None) -> None:
         assert status in STATUSES, status
@@ -170,23 +291,26 @@ class RunResults:
         self.write()
 
     def write(self) -> None:
-        """Rewrite results.json and metrics.csv whole (atomically). A round or epoch is
-        serialised once, when the next one is added (only the last may still change), so
-        a write costs copying the text, not encoding every round again: 10,000 rounds
-        would otherwise take a third of a second per round (see README)."""
+        """Write results.json and metrics.csv whole (atomically). A round or epoch is
+        serialised once (only the last may still change, and is serialised again), so a
+        whole write costs copying the text, not encoding every round again."""
         with self._lock:  # rounds are recorded from Flower's server thread
             self.data["wall_seconds"] = round(time.perf_counter() - self._start, 3)
             key, steps = STEP_KEY[self.mode], self.steps
-            while len(self._json_steps) < len(steps) - 1:
-                step = steps[len(self._json_steps)]
+            del self._json_steps[len(steps) - 1:], self._csv_steps[len(steps) - 1:]
+            for step in steps[len(self._json_steps):]:
                 self._json_steps.append(self._step_json(step))
                 self._csv_steps.append(self._step_csv(step))
-            json_steps = self._json_steps + [self._step_json(s) for s in steps[len(self._json_steps):]]
-            csv_steps = self._csv_steps + [self._step_csv(s) for s in steps[len(self._csv_steps):]]
-            head = json.dumps(_clean({k: v for k, v in self.data.items() if k != key}), indent=2)
-            listed = "[\n    " + ",\n    ".join(json_steps) + "\n  ]" if json_steps else "[]"
-            atomic_write(self.dir / "results.json", f"{head[:-2]},\n  {json.dumps(key)}: {listed}\n}}\n")
-            atomic_write(self.dir / "metrics.csv", ",".join(CSV_COLUMNS[self.mode]) + "\r\n" + "".join(csv_steps))
+            head = self._head()
+            if self._json_steps:
+                text = f"{head[:-2]},\n  {json.dumps(key)}: [\n    " + ",\n    ".join(self._json_steps) + _JSON_END
+            else:
+                text = f"{head[:-2]},\n  {json.dumps(key)}: []\n}}\n"
+            atomic_write(self.dir / "results.json", text)
+            atomic_write(self.dir / "metrics.csv", ",".join(CSV_COLUMNS[self.mode]) + "\r\n" + "".join(self._csv_steps))
+            # Appending goes on from here only while the file ends with a step.
+            self._json_tail = len(text.encode()) - len(_JSON_END) if self._json_steps else None
+            self._written = (self._head(wall_seconds=False), len(steps)) if self._json_steps else None
 
     @staticmethod
     def _step_json(step: dict) -> str:

@@ -9,7 +9,6 @@ says how many jobs failed and exits with status 1 if any did.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -22,7 +21,7 @@ from omegaconf import DictConfig
 
 from .checks import ConfigError
 from .data import DatasetError
-from .results import OutputError, ResultsExistError, record_failure
+from .results import OutputError, ResultsExistError, read_json, record_failure
 
 log = logging.getLogger("fedexp")
 
@@ -115,7 +114,7 @@ def job_statuses(sweep_dir: Path) -> list[tuple[Path, str, str | None]]:
     out = []
     for job in jobs:
         try:
-            data = json.loads((job / "results.json").read_text())
+            data = read_json(job / "results.json")
             out.append((job, str(data.get("status")), data.get("error")))
         except (OSError, ValueError):
             out.append((job, "no results.json", None))

@@ -30,6 +30,17 @@ def resolve_device(kind: str) -> torch.device:
     return torch.device(kind)
 
 
+def initial_model(cfg: DictConfig) -> torch.nn.Module:
+    """The run's initial model, on the CPU: seeded, or loaded from `init_checkpoint`. It
+    needs only the config (a run stopped while loading its data still saves it)."""
+    torch.manual_seed(cfg.seed)
+    model = instantiate(cfg.model)
+    if cfg.get("init_checkpoint"):
+        state = torch.load(cfg.init_checkpoint, map_location="cpu", weights_only=True)
+        set_weights(model, [v.numpy() for v in state.values()])
+    return model
+
+
 @dataclass
 class Workload:
     cfg: DictConfig
@@ -52,13 +63,7 @@ class Workload:
         return cls(cfg, data, parts, resolve_device(cfg.device.type))
 
     def new_model(self) -> torch.nn.Module:
-        """The run's initial model: seeded, or loaded from `init_checkpoint`."""
-        torch.manual_seed(self.cfg.seed)
-        model = instantiate(self.cfg.model)
-        if self.cfg.get("init_checkpoint"):
-            state = torch.load(self.cfg.init_checkpoint, map_location="cpu", weights_only=True)
-            set_weights(model, [v.numpy() for v in state.values()])
-        return model.to(self.device)
+        return initial_model(self.cfg).to(self.device)
 
     def normalizer(self) -> Normalizer:
         return Normalizer(self.cfg.dataset.mean, self.cfg.dataset.std, self.device)

@@ -60,6 +60,27 @@ def run_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.Completed
                           capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.fixture
+def fedexp(monkeypatch, capsys):
+    """`fedexp ARGS`, in this process (`fedexp.main.main` with a patched argv; small runs
+    have their clients inline): (exit status, stdout, stderr) as `proc`'s fields."""
+    from types import SimpleNamespace
+
+    from fedexp.main import main
+
+    def run(*args: str):
+        monkeypatch.setattr(sys, "argv", ["fedexp", *args])
+        code = 0
+        try:
+            main()
+        except SystemExit as e:
+            code = e.code
+        out, err = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+
+    return run
+
+
 def read_results(run_dir: Path) -> dict:
     return json.loads((run_dir / "results.json").read_text())
 

@@ -9,30 +9,8 @@ from __future__ import annotations
 
 import torch
 
-import sys
-from types import SimpleNamespace
-
-import pytest
-
 from conftest import read_results
-from fedexp.main import main
 from fedexp.federated.faults import fit_fails, stragglers
-
-
-@pytest.fixture
-def fedexp(monkeypatch, capsys):
-    """`fedexp ARGS`, in this process: (exit status, stdout, stderr) as `proc`'s fields."""
-    def run(*args: str):
-        monkeypatch.setattr(sys, "argv", ["fedexp", *args])
-        code = 0
-        try:
-            main()
-        except SystemExit as e:
-            code = e.code
-        out, err = capsys.readouterr()
-        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
-
-    return run
 
 
 def test_a_run_with_failures_and_stragglers_completes_and_counts_them(tmp_path, fedexp):

@@ -5,6 +5,7 @@ import datetime as real_datetime
 import errno
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -125,3 +126,61 @@ def test_two_runs_in_the_same_second_get_their_own_directories(tmp_path, monkeyp
         job = d / "0" if multirun else d
         assert json.loads((job / "results.json").read_text())["seed"] == seed
         assert f"seed={seed}" in (job / ".hydra" / "overrides.yaml").read_text()
+
+
+def _record(r: int) -> dict:
+    return {"round": r, "fit_clients": 10, "fit_failures": 0, "evaluate_clients": 5, "train_loss": 1 / r,
+            "distributed_accuracy": 0.5, "test_loss": float("nan") if r == 3 else 0.25, "seconds": 0.1 * r}
+
+
+def test_rounds_appended_in_place_give_the_files_a_whole_write_gives(tmp_path):
+    """Rounds are appended to results.json and metrics.csv in place while nothing else
+    changes; the files are then the bytes a whole write of the same data gives."""
+    from fedexp.results import RunResults
+
+    results = RunResults(tmp_path / "a", "federated", info={"seed": 0})
+    results.data["backend"] = "inline"  # a key changed: the next round writes the files whole
+    for r in range(1, 6):
+        results.add(_record(r))
+        if r == 1:
+            stamp = results.data["wall_seconds"]
+    assert json.loads((tmp_path / "a" / "results.json").read_text())["wall_seconds"] == stamp  # untouched since
+    appended = {name: (tmp_path / "a" / name).read_bytes() for name in ("results.json", "metrics.csv")}
+    results.write()  # the same data, written whole
+    for name, data in appended.items():
+        whole = (tmp_path / "a" / name).read_bytes()
+        if name == "results.json":
+            whole = re.sub(rb'"wall_seconds": [0-9.]+', f'"wall_seconds": {stamp}'.encode(), whole)
+        assert data == whole, name
+    assert [r["round"] for r in json.loads(appended["results.json"])["rounds"]] == [1, 2, 3, 4, 5]
+    assert json.loads(appended["results.json"])["rounds"][2]["test_loss"] is None  # NaN
+
+
+@pytest.mark.slow
+def test_writing_a_round_costs_the_same_at_round_10_and_at_round_10000(tmp_path):
+    """The README's figure: the median time of add() over 20 rounds after 10 and after
+    10,000 rounds."""
+    import statistics
+    import time
+
+    from fedexp.results import RunResults
+
+    results = RunResults(tmp_path / "a", "federated")
+
+    def cost(start: int) -> float:
+        times = []
+        for r in range(start, start + 20):
+            t0 = time.perf_counter()
+            results.add(_record(r))
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    for r in range(1, 11):
+        results.add(_record(r))
+    early = cost(11)
+    for r in range(31, 10_001):
+        results.steps.append(_record(r))
+    results.write()
+    late = cost(10_001)
+    assert late < 3 * early + 0.0005, (early, late)
+    assert len(json.loads((tmp_path / "a" / "results.json").read_text())["rounds"]) == 10_020

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from ..results import read_json
+
 MODES = ("federated", "centralized")
 STEPS = {"federated": ("rounds", "round"), "centralized": ("epochs", "epoch")}
 CONTRACT = 'see the README, "results.json"'
@@ -193,7 +195,7 @@ def _yaml(path: Path):
 def load_run(run_dir: Path) -> Run:
     path = run_dir / "results.json"
     try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
+        data = read_json(path)
     except UnicodeDecodeError as e:
         raise CompareError(f"{path} is not UTF-8 text (byte {e.start}); {CONTRACT}") from None
     except json.JSONDecodeError as e:

@@ -23,18 +23,19 @@ from flwr.server import ServerApp
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from .. import progress
+from .. import checkpoints, progress
 from ..models import set_weights
 from ..results import RunResults
 from ..training import evaluate
 from ..workload import Workload
 from . import strategies
 from .client import ClientSpec, make_client_app, prepare
+from .methods.base import DiskClientState
 from .payload import ModelLayout
 from .server import AllClientsEvaluation, PartitionClientManager, RunEnded, ServerStrategy
 from ..sweep import jobs_in_this_process
-from .simulation import (client_pool, inline_clients, kept_session_fits, ray_session, run_engine,
-                         sweep_ray, uses_ray)
+from .simulation import (client_pool, inline_clients, kept_session_fits, ray_session, reap_orphans,
+                         run_engine, sweep_ray, uses_ray)
 
 
 def build_strategy(work: Workload, model: torch.nn.Module):
@@ -62,13 +63,15 @@ def all_clients_evaluation(cfg) -> AllClientsEvaluation | None:
                                 personal=strategies.is_personal(cfg))
 
 
-def state_dir(cfg, run_dir: Path, on_ray: bool) -> str | None:
+def state_dir(cfg, run_dir: Path) -> str | None:
     """Where clients keep their state between rounds: None for Flower's `Context.state` (in
     this process's memory), else a folder of the run directory (see DiskClientState). With
-    `auto`, a folder for a Ray on this machine, whose actors would otherwise send every
-    state through this process with each message."""
+    `auto`, the folder, unless the clients run on a joined cluster whose machines may not
+    see it: files are versioned per round, so a resumed run finds its clients' state as
+    it was at its checkpoint (Context.state is in no checkpoint), and a local Ray's actors
+    need not send every state through this process with each message."""
     where = cfg.simulation.get("client_state", "auto")
-    if where == "memory" or (where == "auto" and (not on_ray or cfg.simulation.ray_address)):
+    if where == "memory" or (where == "auto" and cfg.simulation.ray_address):
         return None
     return str(Path(run_dir) / "client_state")
 
@@ -78,10 +81,14 @@ def examples_trained(cfg, work: Workload) -> int:
     return sum(len(t) for t in work.parts.train) * int(cfg.local_epochs) * int(cfg.num_rounds)
 
 
-def run(work: Workload, results: RunResults) -> torch.nn.Module:
+def run(work: Workload, results: RunResults, resume: dict | None = None) -> torch.nn.Module:
+    """Run the federation; `resume`: the checkpoint to continue from (see resume.py)."""
     cfg = work.cfg
+    reap_orphans()  # of a killed run, whether or not this run starts Ray
     model = work.new_model()
     manager = PartitionClientManager(cfg.seed, expected=cfg.num_clients)
+    keep = int(cfg.get("checkpoint", {}).get("keep", 0) or 0)
+    config = OmegaConf.to_container(cfg, resolve=True)
 
     saved = copy.deepcopy(model)  # what model.pt holds; the strategy keeps `model` as it was built
 
@@ -91,26 +98,33 @@ def run(work: Workload, results: RunResults) -> torch.nn.Module:
             set_weights(saved, weights)  # before results.json lists the round
             results.save_model(saved)
         results.add(record)
+        if keep:  # after results.json: a resume truncates it to the checkpoint's round
+            checkpoints.save(results.dir, record["round"], {**strategy.checkpoint(), "config": config}, keep)
         progress.round_line(record, cfg.num_rounds, results.steps)
 
     strategy = ServerStrategy(build_strategy(work, model), manager, on_round, seed=cfg.seed,
                               straggler_rate=float(cfg.faults.straggler_rate), layout=ModelLayout.of(model),
                               all_clients=all_clients_evaluation(cfg), on_clients=results.add_clients)
+    if resume is not None:
+        strategy.restore(resume)
     server = Server(client_manager=manager, strategy=strategy)
     # Flower's compat layer sends each client's instruction from its own thread and polls
     # for the reply every 0.1 s; its default pool (cores + 4 threads) leaves Ray workers
     # idle when a round has hundreds of clients. More threads keep them fed.
     server.set_max_workers(cfg.simulation.max_workers)
     server_app = ServerApp(server_fn=lambda context: ServerAppComponents(
-        server=server, config=ServerConfig(num_rounds=cfg.num_rounds)))
+        server=server, config=ServerConfig(num_rounds=cfg.num_rounds - strategy.offset)))
     client_cpus = cfg.device.client_cpus
     client_gpus = float(cfg.device.client_gpus) if work.device.type == "cuda" else 0.0
     address, share = sweep_ray(cfg.simulation.ray_address)
-    on_ray = uses_ray(cfg.simulation, examples_trained(cfg, work))
+    # A resumed run keeps the backend it started on (the two agree only up to rounding).
+    on_ray = (results.data["backend"] == "ray" if resume is not None and "backend" in results.data
+              else uses_ray(cfg.simulation, examples_trained(cfg, work)))
     ray_settings = (address, cfg.simulation.num_cpus, cfg.simulation.num_gpus, cfg.verbose,
                     cfg.simulation.get("worker_niceness"))
     results.data["backend"] = "ray" if on_ray else "inline"
-    progress.start_line(f"federated: {progress.count(cfg.num_rounds, 'round')}, "
+    progress.start_line(f"federated: {progress.count(cfg.num_rounds, 'round')}"
+                        + (f" (resumed after round {strategy.offset})" if strategy.offset else "") + ", "
                         f"{progress.count(cfg.num_clients, 'client')}, "
                         f"{type(strategy.inner).__name__} on {cfg.dataset.name}; "
                         + ("clients in this process" if not on_ray else
@@ -118,20 +132,22 @@ def run(work: Workload, results: RunResults) -> torch.nn.Module:
                            "joining the sweep's Ray" if address != cfg.simulation.ray_address else
                            "starting Ray"))
     data = {"x": work.data.x_train, "y": work.data.y_train, "train": work.parts.train, "val": work.parts.val}
-    client_cfg, threads = OmegaConf.to_container(cfg, resolve=True), max(1, int(client_cpus))
+    client_cfg, threads = config, max(1, int(client_cpus))
+    states = state_dir(cfg, results.dir)
+    if states and strategy.offset:
+        DiskClientState.forget_after(Path(states), strategy.offset)
     status, error, interrupt = "completed", None, None
     try:
         if not on_ray:
             spec = ClientSpec(cfg=client_cfg, data_ref=data, device=str(work.device), threads=None,
-                              state_dir=state_dir(cfg, results.dir, on_ray=False))
+                              state_dir=states, state_versions=keep + 1)
             strategy.wait_for_clients = lambda: prepare(spec)
             run_engine(server_app, make_client_app(spec), cfg.num_clients, cfg.verbose,
                        stop=strategy.stop.set, backend=inline_clients(threads))
         else:
             with ray_session(*ray_settings, keep=jobs_in_this_process()) as session:
                 spec = ClientSpec(cfg=client_cfg, data_ref=session.ray.put(data), device=str(work.device),
-                                  threads=threads,
-                                  state_dir=state_dir(cfg, results.dir, on_ray=True))
+                                  threads=threads, state_dir=states, state_versions=keep + 1)
                 resources = {"num_cpus": client_cpus, "num_gpus": client_gpus}
                 slots = min(session.client_slots(resources, share), cfg.num_clients)
                 strategy.wait_for_clients = lambda: session.wait_for_workers(slots, strategy.stop)

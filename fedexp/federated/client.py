@@ -54,6 +54,7 @@ class ClientSpec:
     device: str
     threads: int | None  # torch threads of a Ray worker (None: inline, the backend sets them)
     state_dir: str | None = None  # clients keep their state in files here, else in Context.state
+    state_versions: int = 2  # per value kept in state_dir: one more than the checkpoints kept
     run: str = field(default_factory=lambda: uuid.uuid4().hex)  # what a worker's cache is for
 
 
@@ -135,9 +136,9 @@ class FedexpClient(NumPyClient):
         self.model = self.kit.model
         self.records = state
 
-    def _state(self, pid: int) -> ClientState:
+    def _state(self, pid: int, server_round: int | None) -> ClientState:
         if self.spec.state_dir:
-            return DiskClientState(Path(self.spec.state_dir) / str(pid))
+            return DiskClientState(Path(self.spec.state_dir) / str(pid), server_round, self.spec.state_versions)
         return ClientState(self.records)
 
     def get_parameters(self, config):
@@ -179,7 +180,7 @@ class FedexpClient(NumPyClient):
             return stats
 
         optimizer = optimizer_for(self.model)
-        local = LocalFit(self.model, optimizer, dict(config), weights, extras, self._state(pid), self.kit.layout,
+        local = LocalFit(self.model, optimizer, dict(config), weights, extras, self._state(pid, rnd), self.kit.layout,
                          evaluate_train=lambda: self._evaluate(train_idx, batch_eval),
                          train=lambda model, hooks: train_locally(model, hooks, optimizer_for(model)),
                          spare_model=self.kit.spare_model)
@@ -199,8 +200,8 @@ class FedexpClient(NumPyClient):
     def evaluate(self, parameters, config):
         pid = int(config["partition_id"])
         set_weights(self.model, self.kit.layout.split(parameters)[0])
-        self.kit.new_method().before_evaluate(
-            LocalEvaluation(self.model, dict(config), self._state(pid), self.kit.layout))
+        self.kit.new_method().before_evaluate(LocalEvaluation(
+            self.model, dict(config), self._state(pid, config.get("server_round")), self.kit.layout))
         stats = self._evaluate(self.data["val"][pid], int(config["eval_batch_size"]))
         if stats["examples"] == 0:
             # A client too small to hold validation data: weight 0, and no NaN, which would

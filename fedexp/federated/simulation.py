@@ -300,32 +300,63 @@ def _restore_env(name: str, value: str | None) -> None:
         os.environ[name] = value
 
 
-def _session_tag(proc) -> str | None:
-    """The _TAG value in `proc`'s environment. Read from /proc where there is one: Ray's
-    agents retitle themselves (setproctitle), which leaves empty entries at the start of
-    their environment block, where psutil's parser stops."""
-    try:
-        block = Path(f"/proc/{proc.pid}/environ").read_bytes()
-    except FileNotFoundError:  # no /proc (or the process is gone: psutil then says so)
-        return proc.environ().get(_TAG)
-    prefix = f"{_TAG}=".encode()
-    for entry in block.split(b"\0"):
-        if entry.startswith(prefix):
-            return entry[len(prefix):].decode(errors="replace")
-    return None
-
-
 def _tagged(tag: str) -> list:
+    """The live processes (psutil's) that carry `tag`: the local Ray's of one session."""
     import psutil  # shipped with Ray (ray/thirdparty_files), importable once ray is
 
     found = []
+    for pid, value in _tags_of_processes():
+        if value == tag and pid != os.getpid():
+            try:
+                found.append(psutil.Process(pid))
+            except psutil.Error:
+                continue
+    return found
+
+
+def _tags_of_processes() -> list[tuple[int, str]]:
+    """(pid, _TAG value) of every process of this user that has the tag: from /proc where
+    there is one (no psutil needed: inline runs never import Ray; and Ray's agents retitle
+    themselves, which leaves empty entries at the start of their environment block, where
+    psutil's parser stops), else through psutil."""
+    found = []
+    if Path("/proc").is_dir():
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    block = (entry / "environ").read_bytes()
+                except OSError:  # gone, or another user's
+                    continue
+                prefix = f"{_TAG}=".encode()
+                for item in block.split(b"\0"):
+                    if item.startswith(prefix):
+                        found.append((int(entry.name), item[len(prefix):].decode(errors="replace")))
+        return found
+    try:
+        import psutil
+    except ImportError:
+        return found
     for proc in psutil.process_iter():
         try:
-            if proc.pid != os.getpid() and _session_tag(proc) == tag:
-                found.append(proc)
+            tag = proc.environ().get(_TAG)
         except (psutil.Error, OSError):
             continue
+        if tag:
+            found.append((proc.pid, tag))
     return found
+
+
+def _driver_gone(owner: str) -> bool:
+    """Whether `owner` names a driver process (not this one) that no longer exists."""
+    if not owner.isdigit() or int(owner) == os.getpid():
+        return False
+    try:
+        os.kill(int(owner), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def reap_orphans() -> int:
@@ -333,37 +364,25 @@ def reap_orphans() -> int:
     runtime-env agents outlive a `kill -9` of their driver by a minute or more), and remove
     its ready folders; say so in one line. Found by their session tag, whose first part is
     the driver's pid: only processes of drivers that no longer exist are touched, never
-    another live run's or another Ray's. Returns how many processes were ended."""
-    try:
-        import psutil
-    except ImportError:
-        return 0
-
-    def gone(owner: str) -> bool:
-        """Whether `owner` names a driver process (not this one) that no longer exists."""
-        return owner.isdigit() and int(owner) != os.getpid() and not psutil.pid_exists(int(owner))
-
-    orphans: dict[int, list] = {}
-    for proc in psutil.process_iter():
-        try:
-            tag = _session_tag(proc)
-        except (psutil.Error, OSError):
-            continue
-        owner = tag.split("-", 1)[0] if tag else ""
-        if gone(owner):
-            orphans.setdefault(int(owner), []).append(proc)
-    for owner, procs in orphans.items():
-        for proc in procs:
+    another live run's or another Ray's. Every fedexp federated run calls it as it starts.
+    Returns how many processes were ended."""
+    orphans: dict[int, list[int]] = {}
+    for pid, tag in _tags_of_processes():
+        owner = tag.split("-", 1)[0]
+        if pid != os.getpid() and _driver_gone(owner):
+            orphans.setdefault(int(owner), []).append(pid)
+    for owner, pids in orphans.items():
+        for pid in pids:
             try:
-                proc.kill()
-            except psutil.Error:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
                 pass
-        print(f"fedexp: ended {len(procs)} process(es) left by the Ray of a killed fedexp run "
+        print(f"fedexp: ended {len(pids)} process(es) left by the Ray of a killed fedexp run "
               f"(driver pid {owner})", file=sys.stderr, flush=True)
     for folder in Path(tempfile.gettempdir()).glob(f"{READY_PREFIX}*-*"):
-        if gone(folder.name[len(READY_PREFIX):].split("-", 1)[0]):
+        if _driver_gone(folder.name[len(READY_PREFIX):].split("-", 1)[0]):
             shutil.rmtree(folder, ignore_errors=True)
-    return sum(len(procs) for procs in orphans.values())
+    return sum(len(pids) for pids in orphans.values())
 
 
 def _stop_leftovers(tag: str) -> None:

@@ -56,28 +56,58 @@ class ClientState:
 
 
 class DiskClientState(ClientState):
-    """The same, kept in files (`DIR/<name>.npz`, one folder per client) instead of the
-    server's memory: with 1,000 clients that each keep a whole model (Ditto), the server
-    process holds none of them. The workers must see DIR: a local Ray's always do."""
+    """The same, kept in files (one folder per client) instead of the server's memory: with
+    1,000 clients that each keep a whole model (Ditto), the server process holds none of
+    them. The workers must see the folder: a local Ray's always do.
 
-    def __init__(self, directory: Path):
-        self.dir = Path(directory)
+    Each value is written once per round, as `<name>.<round>.npz`, and read as the newest
+    version up to the current round, so that a run resumed from the checkpoint of round R
+    (see fedexp/checkpoints.py) finds its clients as they were after round R: the versions
+    of rounds after R are removed (`forget_after`). The newest `keep` versions of each value
+    stay, enough for every checkpoint the run keeps."""
+
+    def __init__(self, directory: Path, server_round: int | None = None, keep: int = 2):
+        """`server_round` None: read the newest version (an instruction that names no round)."""
+        self.dir, self.keep = Path(directory), max(int(keep), 1)
+        self.round = None if server_round is None else int(server_round)
+
+    def _versions(self, name: str) -> list[tuple[int, Path]]:
+        found = []
+        for path in self.dir.glob(f"{name}.*.npz"):
+            stem = path.name[len(name) + 1:-len(".npz")]
+            if stem.isdigit():
+                found.append((int(stem), path))
+        return sorted(found)
 
     def get(self, name: str) -> list[np.ndarray] | None:
-        path = self.dir / f"{name}.npz"
-        if not path.exists():
+        usable = [path for r, path in self._versions(name) if self.round is None or r <= self.round]
+        if not usable:
             return None
-        with np.load(path) as stored:
+        with np.load(usable[-1]) as stored:
             return [stored[f"arr_{i}"] for i in range(len(stored.files))]
 
     def set(self, name: str, arrays: list[np.ndarray]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.dir / f".{name}.{os.getpid()}.tmp.npz"
         np.savez(tmp, *arrays)
-        os.replace(tmp, self.dir / f"{name}.npz")
+        os.replace(tmp, self.dir / f"{name}.{self.round or 0:06d}.npz")
+        for _, old in self._versions(name)[:-self.keep]:
+            old.unlink(missing_ok=True)
 
     def nbytes(self) -> int:
         return sum(p.stat().st_size for p in self.dir.glob("*.npz")) if self.dir.is_dir() else 0
+
+    @staticmethod
+    def forget_after(root: Path, server_round: int) -> int:
+        """Remove every client's versions written after `server_round` under `root` (one
+        folder per client); returns how many files went."""
+        gone = 0
+        for path in Path(root).glob("*/*.npz"):
+            stem = path.name[:-len(".npz")].rpartition(".")[2]
+            if stem.isdigit() and int(stem) > server_round:
+                path.unlink(missing_ok=True)
+                gone += 1
+        return gone
 
 
 @dataclass
@@ -153,6 +183,9 @@ class ClientMethod(TrainingHooks):
     # True for personalised methods: each client evaluates a model of its own (what
     # `before_evaluate` loads), not the global one.
     personal: bool = False
+    # True for methods whose clients keep state between rounds (`fit.state`): a resumed
+    # run needs that state as it was at its checkpoint (see resume.py).
+    keeps_state: bool = False
 
     def before_fit(self, fit: LocalFit) -> None:
         """Called with the global model loaded, before the first local step."""
@@ -178,6 +211,7 @@ class LocalLayersClient(ClientMethod):
     that has never trained has none: it uses the global model's values."""
 
     personal = True
+    keeps_state = True
     state_key = "local_layers"
 
     def local_indices(self, layout: ModelLayout) -> list[int]:

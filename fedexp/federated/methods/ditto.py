@@ -28,6 +28,7 @@ class DittoClient(ClientMethod):
     """Trains the global model as FedAvg's client does, then its own personal model."""
 
     personal = True
+    keeps_state = True
 
     def after_fit(self, fit: LocalFit) -> list[np.ndarray]:
         personal = fit.spare_model()

@@ -32,6 +32,8 @@ STATE_KEY = "feddyn.grad"
 class FedDynClient(ClientMethod):
     """Adds FedDyn's linear and quadratic terms to each step; keeps its local gradient state."""
 
+    keeps_state = True
+
     def before_fit(self, fit: LocalFit) -> None:
         self.alpha = float(fit.config["alpha"])
         self.params = fit.trained_params()

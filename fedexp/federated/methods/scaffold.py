@@ -38,6 +38,7 @@ STATE_KEY = "scaffold.c_i"
 class ScaffoldClient(ClientMethod):
     """Corrects each local step by c - c_i; updates c_i (option II) and sends Delta c_i."""
 
+    keeps_state = True
     sgd_only = ("option II's c_i = c_i - c + (x - y_i)/(K lr) is the mean gradient only for "
                 "SGD steps; with this optimizer it is an estimate (the paper and NIID-Bench use "
                 "optimizer=sgd)")

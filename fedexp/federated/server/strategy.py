@@ -14,6 +14,9 @@ sampling fractions, aggregation, evaluation. Around it, each part has one job:
   round records the distribution of their accuracies;
 - `GlobalModel` and `nothing_to_aggregate` (guard.py): the last good model, and the end
   of a run whose round failed on every client or whose model stopped being finite;
+- `StrategyState` (state.py): what the inner strategy's rounds changed, for checkpoints;
+  a resumed run (`restore`) continues at round R + 1: Flower counts its rounds from 1
+  again, and every hook adds `offset` (R) to the round it is given;
 - `stop`: once set (on Ctrl-C, see simulation.py) every hook raises `RunStopped`, so that
   Flower's server thread ends within a second.
 """
@@ -33,6 +36,7 @@ from .links import Dispatcher, RunStopped
 from .evaluation import AllClientsEvaluation
 from .rounds import RoundRecorder
 from .sampling import PartitionClientManager
+from .state import StrategyState
 
 
 def _hook(method):
@@ -67,6 +71,9 @@ class ServerStrategy(Strategy):
         # the seconds that took (recorded as client_start_seconds, outside every round).
         self.wait_for_clients: Callable[[], float] | None = None
         self.client_start_seconds: float | None = None
+        self.learned = StrategyState(inner)
+        self.offset = 0  # rounds completed before this process (a resumed run)
+        self._resumed: Parameters | None = None
 
     def __repr__(self) -> str:
         return f"ServerStrategy({self.inner!r})"
@@ -85,8 +92,24 @@ class ServerStrategy(Strategy):
         """The global model of the last recorded round."""
         return self.model.final_weights()
 
+    def checkpoint(self) -> dict:
+        """What a resumed run needs from the server side after the round just recorded."""
+        return {"parameters": self.model.kept, "strategy": self.learned.capture(),
+                "sampling": self.manager.rng.getstate(), "initial": self.recorder.initial}
+
+    def restore(self, saved: dict) -> None:
+        """Continue after the checkpoint `saved` (of round `saved["step"]`)."""
+        self.offset = int(saved["step"])
+        self._resumed = saved["parameters"]
+        self.learned.restore(saved["strategy"])
+        self.manager.rng.setstate(saved["sampling"])
+        self.recorder.initial = saved["initial"]
+
     @_hook
     def initialize_parameters(self, client_manager):
+        if self._resumed is not None:
+            self.model.start(self._resumed)
+            return self._resumed
         parameters = self.inner.initialize_parameters(client_manager)
         self.model.start(parameters)
         if parameters is not None and self.layout is None:
@@ -100,6 +123,7 @@ class ServerStrategy(Strategy):
             # Simulated clients are registered at once while their worker processes are
             # still importing torch: that wait is start-up, so round 1's clock starts after it.
             self.client_start_seconds = self.wait_for_clients()
+        server_round += self.offset
         self.recorder.open(server_round)
         instructions = self.inner.configure_fit(server_round, parameters, client_manager)
         dropped = self.dispatcher.draw_stragglers(server_round, instructions)
@@ -117,6 +141,7 @@ class ServerStrategy(Strategy):
 
     @_hook
     def aggregate_fit(self, server_round, results, failures):
+        server_round += self.offset
         results = self.manager.in_partition_order(results)
         diverged = [r for r in results if r[1].metrics.get("diverged")]
         results = [r for r in results if not r[1].metrics.get("diverged")]
@@ -141,6 +166,9 @@ class ServerStrategy(Strategy):
 
     @_hook
     def evaluate(self, server_round, parameters):
+        if server_round == 0 and self.offset:  # the initial model was tested before the resume
+            return None
+        server_round += self.offset
         out = self.inner.evaluate(server_round, parameters)
         if out is not None:
             loss, metrics = out
@@ -155,6 +183,7 @@ class ServerStrategy(Strategy):
 
     @_hook
     def configure_evaluate(self, server_round, parameters, client_manager):
+        server_round += self.offset
         instructions = self.inner.configure_evaluate(server_round, parameters, client_manager)
         self._evaluating_all = self.all_clients is not None and self.all_clients.due(server_round)
         if self._evaluating_all:
@@ -165,6 +194,7 @@ class ServerStrategy(Strategy):
 
     @_hook
     def aggregate_evaluate(self, server_round, results, failures):
+        server_round += self.offset
         # A client without validation data (tiny partitions) has nothing to report, and
         # Flower's example-weighted average would divide by zero if all were empty.
         results = self.manager.in_partition_order(results)
