@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -51,25 +52,30 @@ def _kill_after(procs: dict, rounds: int, timeout: float = 240) -> None:
 @pytest.mark.slow
 def test_a_killed_run_resumed_ends_exactly_where_an_unbroken_run_ends(tmp_path, fedexp):
     """FedAvg, FedAdam (server moments) and SCAFFOLD (server and client control variates):
-    killed with SIGKILL after round 3, resumed with `fedexp resume=DIR`."""
+    killed with SIGKILL after round 3, resumed with `fedexp resume=DIR`. The unbroken runs
+    (a sweep, in this process) run while the killed ones start."""
     args = ["seed=5", "num_rounds=6", "num_clients=2"]
-    killed = {s: tmp_path / f"killed-{s}" for s in ("fedavg", "fedadam", "scaffold")}
-    _kill_after({d: start([*args, f"strategy={s}"], d) for s, d in killed.items()}, rounds=3)
-    for strategy, run_dir in killed.items():
+    strategies = ("fedavg", "fedadam", "scaffold")
+    killed = {s: tmp_path / f"killed-{s}" for s in strategies}
+    procs = {d: start([*args, f"strategy={s}"], d) for s, d in killed.items()}
+    killer = ThreadPoolExecutor(1).submit(_kill_after, procs, 3)
+    straight = tmp_path / "straight"
+    proc = fedexp("-m", *args, f"strategy={','.join(strategies)}", f"hydra.sweep.dir={straight}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    killer.result()
+    for job, (strategy, run_dir) in enumerate(killed.items()):
         before = read_results(run_dir)
         assert before["status"] == "running" and 3 <= len(before["rounds"]) < 6, before
         assert [p.name for p in run_dir.rglob("*.tmp*")] == []
         assert set(torch.load(run_dir / "model.pt", weights_only=True)) == set(CNN(1, 32, 10).state_dict())
 
-        straight = tmp_path / f"straight-{strategy}"
-        assert fedexp(*args, f"strategy={strategy}", f"hydra.run.dir={straight}").returncode == 0
         proc = fedexp(f"resume={run_dir}")
         assert proc.returncode == 0, proc.stderr[-3000:]
         after = read_results(run_dir)
         assert after["status"] == "completed" and 2 <= after["resumed_after"][0] < 6
         assert f"resumed after round {after['resumed_after'][0]}" in proc.stdout
-        assert _rounds(run_dir) == _rounds(straight), strategy
-        assert (run_dir / "model.pt").read_bytes() == (straight / "model.pt").read_bytes(), strategy
+        assert _rounds(run_dir) == _rounds(straight / str(job)), strategy
+        assert (run_dir / "model.pt").read_bytes() == (straight / str(job) / "model.pt").read_bytes(), strategy
         assert checkpoints.steps(run_dir) == [5, 6]  # checkpoint.keep=2
     # SCAFFOLD's clients kept their control variates in versioned files, 3 versions at most.
     versions = sorted(p.name for p in (killed["scaffold"] / "client_state" / "0").iterdir())
@@ -96,21 +102,25 @@ def test_a_completed_run_extended_equals_a_longer_run_and_then_has_nothing_left(
 
 @pytest.mark.slow
 def test_an_interrupted_sweep_resumed_completes_every_job_and_runs_none_twice(tmp_path, fedexp):
+    """SIGTERM (as Slurm sends at a time limit) while the sweep's third job runs; in this
+    process, as `fedexp` runs a sweep's jobs one after another."""
     sweep = tmp_path / "sweep"
-    proc = start(["-m", "seed=0,1,2", "num_rounds=2", "num_clients=2", f"hydra.sweep.dir={sweep}"],
-                 tmp_path / "unused")
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        try:
-            if read_results(sweep / "2")["rounds"]:
-                break
-        except (OSError, ValueError, KeyError):
-            pass
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.communicate(timeout=120)
-    assert proc.returncode == 143
+
+    def stop_in_third_job():
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            try:
+                if read_results(sweep / "2")["rounds"]:
+                    break
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    stopper = ThreadPoolExecutor(1).submit(stop_in_third_job)
+    proc = fedexp("-m", "seed=0,1,2", "num_rounds=3", "num_clients=2", f"hydra.sweep.dir={sweep}")
+    stopper.result()
+    assert proc.returncode == 143, proc.stderr[-3000:]
     assert read_results(sweep / "2")["status"] == "interrupted"
     first_two = {j: (sweep / j / "results.json").read_bytes() for j in ("0", "1")}
 
@@ -119,7 +129,7 @@ def test_an_interrupted_sweep_resumed_completes_every_job_and_runs_none_twice(tm
     assert "sweep: 3 of 3 jobs completed" in proc.stdout
     for j in ("0", "1"):  # completed before: not run again
         assert (sweep / j / "results.json").read_bytes() == first_two[j]
-        assert f"resume: {sweep / j} completed its 2 rounds before; skipped" in proc.stdout
+        assert f"resume: {sweep / j} completed its 3 rounds before; skipped" in proc.stdout
     assert read_results(sweep / "2")["resumed_after"][0] >= 1
     assert all(read_results(sweep / j)["status"] == "completed" for j in "012")
 
