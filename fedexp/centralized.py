@@ -60,7 +60,6 @@ def run(work: Workload, results: RunResults) -> torch.nn.Module:
                       "seconds": time.perf_counter() - t0}
             results.save_model(model)  # model.pt: the last completed epoch's, before results.json lists it
             results.add(record)
-            progress.epoch_line(record, cfg.centralized.epochs, results.steps)
     finally:
         model.load_state_dict(good)
         results.save_model(model)

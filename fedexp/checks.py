@@ -106,6 +106,7 @@ def check(cfg: DictConfig) -> None:
     _check_dataset_shape(cfg)
     _check_augment(cfg)
     _check_evaluation(cfg)
+    _check_callbacks(cfg)
     _check_device(cfg)
     _check_dataset_path(cfg)
     _check_partitioner(cfg)
@@ -190,6 +191,25 @@ def _check_evaluation(cfg: DictConfig) -> None:
     if where == "disk" and cfg.simulation.ray_address:
         log.warning("simulation.client_state=disk with simulation.ray_address: the clients' state is "
                     "written under the run directory, which every machine of the cluster must see")
+
+
+def _check_callbacks(cfg: DictConfig) -> None:
+    """Each callback and logger names an importable class, and a logger's package (an
+    optional extra) is installed."""
+    import importlib.util
+
+    from .callbacks import EXTRAS
+
+    for group in ("callbacks", "logger"):
+        for name, node in (cfg.get(group) or {}).items():
+            if not node:
+                continue
+            if group == "logger" and name in EXTRAS:
+                package, extra = EXTRAS[name]
+                if importlib.util.find_spec(package) is None:
+                    raise ConfigError(f"logger={name} needs the {package} package, which is not installed: "
+                                      f"pip install -e '.[{extra}]'")
+            importable(f"{group}.{name}", node.get("_target_"))
 
 
 def _check_dataset_path(cfg: DictConfig) -> None:

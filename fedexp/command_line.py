@@ -321,6 +321,9 @@ def _check(argv: list[str], conf: Path) -> CommandLine:
             continue
         values = _values(o)
         options = _options(conf, o.key_or_group)
+        several = not o.is_sweep_override() and isinstance(o.value(), list)  # logger=[csv,tensorboard]
+        if several:
+            values = [str(v) for v in o.value()]
         if options is not None and values is not None and not o.is_delete():
             for v in values:
                 if v not in options and v != "null":
@@ -329,8 +332,9 @@ def _check(argv: list[str], conf: Path) -> CommandLine:
                 problem = _plugin_of_option(conf, o.key_or_group, v)
                 if problem:
                     return CommandLine(problem, argv)
-            group_values[o.key_or_group] = values
-            choices[o.key_or_group] = values[0]
+            if not several:
+                group_values[o.key_or_group] = values
+                choices[o.key_or_group] = values[0]
         if not o.is_sweep_override():
             to_compose.append(o.input_line)
         elif values:

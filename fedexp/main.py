@@ -60,7 +60,11 @@ def run(cfg: DictConfig, run_dir: str, info: dict | None = None) -> dict:
     start = resume.starting_point(cfg, run_dir) if resume.requested_for(run_dir) else resume.Start()
     if start.skip is not None:
         return start.skip
-    results = RunResults(run_dir, cfg.mode, info={"seed": cfg.seed, **(info or {})}, resume_after=start.after)
+    from . import callbacks
+
+    results = RunResults(run_dir, cfg.mode, info={"seed": cfg.seed, **(info or {})}, resume_after=start.after,
+                         callbacks=callbacks.build(cfg), config=OmegaConf.to_container(cfg, resolve=True),
+                         sweep=HydraConfig.get().sweep.dir if in_multirun() else None)
     if start.after is not None and not in_multirun():
         resume.record_num_rounds(run_dir, cfg.num_rounds)
     try:
@@ -68,6 +72,7 @@ def run(cfg: DictConfig, run_dir: str, info: dict | None = None) -> dict:
         results.data["data"] = {"dataset": cfg.dataset.name, "train_examples": len(work.data.y_train),
                                 "test_examples": len(work.data.y_test), "clients": len(work.parts)}
         partition_report.write(run_dir, work.data.y_train, work.parts, work.data.classes, cfg.partitioning)
+        results.start()
         if cfg.mode == "federated":
             federated.run(work, results, resume=start.checkpoint)
         else:
@@ -92,6 +97,7 @@ def run(cfg: DictConfig, run_dir: str, info: dict | None = None) -> dict:
         raise
     finally:
         results.plot()
+        results.end()
     return results.data
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 
+from .callbacks import Callback
+
 log = logging.getLogger("fedexp")
 
 
@@ -61,3 +63,14 @@ def epoch_line(e: dict, total: int, done: list[dict] | None = None) -> None:
     log.info("epoch %d/%d | train loss %s acc %s | val loss %s acc %s | %.1fs%s",
              e["epoch"], total, _f(e["train_loss"]), _f(e["train_accuracy"]),
              _f(e["val_loss"]), _f(e["val_accuracy"]), e["seconds"], eta(done or [], total))
+
+
+class ProgressLines(Callback):
+    """The callback (see fedexp/callbacks) that prints a line per round or epoch."""
+
+    def on_step(self, run, record: dict) -> None:
+        config = run.config or {}
+        if run.mode == "federated":
+            round_line(record, int(config.get("num_rounds", len(run.steps))), run.steps)
+        else:
+            epoch_line(record, int((config.get("centralized") or {}).get("epochs", len(run.steps))), run.steps)

@@ -1,12 +1,13 @@
-"""What a run leaves behind: results.json (the contract), metrics.csv, results.png, model.pt.
+"""What a run leaves behind: results.json (the contract), results.png, model.pt; and the
+run's record, which tells the run's callbacks (metrics.csv, progress, loggers: see
+fedexp/callbacks) about every round.
 
-results.json and metrics.csv hold every completed round or epoch, with `status: "running"`
-until the end, so a killed run still leaves them on disk. They are written whole,
-atomically (temp file + rename), when the run starts, ends or changes a key other than its
-rounds; in between, each round is appended in place, with one write at the end of each
-file, so that writing a round costs the same at round 10 and at round 10,000 (a reader
-that reads while that write happens may see the file cut short, and reads it again: see
-`read_json`). The run ends with
+results.json holds every completed round or epoch, with `status: "running"` until the
+end, so a killed run still leaves them on disk. It is written whole, atomically (temp
+file + rename), when the run starts, ends or changes a key other than its rounds; in
+between, each round is appended in place, with one write at the end of the file, so that
+writing a round costs the same at round 10 and at round 10,000 (a reader that reads while
+that write happens may see the file cut short, and reads it again: see `read_json`). The run ends with
 one of STATUSES. A run directory belongs to one run: the run claims it (CLAIM, created
 exclusively), and a directory that holds any run's output is never written into.
 The contract (documented in the README) may gain keys; existing keys are never renamed.
@@ -29,13 +30,6 @@ log = logging.getLogger(__name__)
 STATUSES = ("running", "completed", "failed", "diverged", "interrupted")
 CLIENT_COLUMNS = ["round", "client", "examples", "loss", "accuracy"]
 STEP_KEY = {"federated": "rounds", "centralized": "epochs"}
-CSV_COLUMNS = {
-    "federated": ["round", "fit_clients", "fit_failures", "evaluate_clients", "train_loss",
-                  "train_accuracy", "distributed_loss", "distributed_accuracy", "test_loss",
-                  "test_accuracy", "seconds"],
-    "centralized": ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
-                    "test_loss", "test_accuracy", "seconds"],
-}
 
 
 def is_timing_key(key: str) -> bool:
@@ -179,7 +173,7 @@ def atomic_write(path: Path, content: str | bytes) -> None:
 _JSON_END = "\n  ]\n}\n"  # what follows the last step in results.json
 
 
-def _write_at(path: Path, offset: int | None, data: bytes) -> None:
+def write_at(path: Path, offset: int | None, data: bytes) -> None:
     """One write of `data` at `offset` (None: the end) of `path`: a step appended in place."""
     fd = os.open(path, os.O_WRONLY | (os.O_APPEND if offset is None else 0))
     try:
@@ -209,15 +203,21 @@ class RunResults:
     """The record of one run, written to `run_dir` as it grows."""
 
     def __init__(self, run_dir: str | Path, mode: str, info: dict | None = None,
-                 resume_after: int | None = None):
+                 resume_after: int | None = None, callbacks=None, config: dict | None = None,
+                 sweep: str | None = None):
         """A new run's record; with `resume_after` R, the record of the run in `run_dir`
         continued after its step R (see resume.py): steps after R are dropped, since the
-        resumed run computes them again from R's checkpoint."""
+        resumed run computes them again from R's checkpoint. `callbacks` (fedexp.callbacks)
+        observe the run; they see its resolved `config` and, in a multirun, the `sweep`
+        directory (loggers group a sweep's runs by it)."""
+        from .callbacks import Callbacks
+
         self.dir = Path(run_dir)
         self.mode = mode
+        self.callbacks = callbacks if callbacks is not None else Callbacks()
+        self.config, self.sweep = config or {}, sweep
         self._lock = threading.Lock()
         self._json_steps: list[str] = []  # rounds/epochs serialised
-        self._csv_steps: list[str] = []
         self._json_tail: int | None = None  # where results.json's closing _JSON_END begins
         self._written: tuple[str, int] | None = None  # (head, steps) the files hold, if appendable
         self._start = time.perf_counter()
@@ -253,8 +253,9 @@ class RunResults:
         return self.data[STEP_KEY[self.mode]]
 
     def add(self, record: dict) -> None:
-        """Record a completed round or epoch: appended to both files when nothing else in
-        them changed since they were written, else both are written whole."""
+        """Record a completed round or epoch (appended to results.json when nothing else in
+        it changed since it was written, else results.json is written whole), then tell
+        the callbacks."""
         self.steps.append(dict(record))
         with self._lock:
             appendable = (self._written is not None and self._written[1] == len(self.steps) - 1
@@ -263,6 +264,15 @@ class RunResults:
             self._append()
         else:
             self.write()
+        self.callbacks.on_step(self, self.steps[-1])
+
+    def start(self) -> None:
+        """Tell the callbacks that the run starts (once its data is known)."""
+        self.callbacks.on_run_start(self)
+
+    def end(self) -> None:
+        """Tell the callbacks that the run has ended (results.json and results.png written)."""
+        self.callbacks.on_run_end(self)
 
     def _head(self, wall_seconds: bool = True) -> str:
         """results.json's keys other than the steps, as the file writes them."""
@@ -274,11 +284,9 @@ class RunResults:
         with self._lock:
             step = self.steps[-1]
             self._json_steps.append(self._step_json(step))
-            self._csv_steps.append(self._step_csv(step))
             piece = f",\n    {self._json_steps[-1]}"
-            _write_at(self.dir / "results.json", self._json_tail, (piece + _JSON_END).encode())
+            write_at(self.dir / "results.json", self._json_tail, (piece + _JSON_END).encode())
             self._json_tail += len(piece.encode())
-            _write_at(self.dir / "metrics.csv", None, self._csv_steps[-1].encode())
             self._written = (self._written[0], len(self.steps))
 
     def finish(self, status: str, final: dict | None = None, error: str | None = None) -> None:
@@ -291,23 +299,21 @@ class RunResults:
         self.write()
 
     def write(self) -> None:
-        """Write results.json and metrics.csv whole (atomically). A round or epoch is
+        """Write results.json whole (atomically). A round or epoch is
         serialised once (only the last may still change, and is serialised again), so a
         whole write costs copying the text, not encoding every round again."""
         with self._lock:  # rounds are recorded from Flower's server thread
             self.data["wall_seconds"] = round(time.perf_counter() - self._start, 3)
             key, steps = STEP_KEY[self.mode], self.steps
-            del self._json_steps[len(steps) - 1:], self._csv_steps[len(steps) - 1:]
+            del self._json_steps[len(steps) - 1:]
             for step in steps[len(self._json_steps):]:
                 self._json_steps.append(self._step_json(step))
-                self._csv_steps.append(self._step_csv(step))
             head = self._head()
             if self._json_steps:
                 text = f"{head[:-2]},\n  {json.dumps(key)}: [\n    " + ",\n    ".join(self._json_steps) + _JSON_END
             else:
                 text = f"{head[:-2]},\n  {json.dumps(key)}: []\n}}\n"
             atomic_write(self.dir / "results.json", text)
-            atomic_write(self.dir / "metrics.csv", ",".join(CSV_COLUMNS[self.mode]) + "\r\n" + "".join(self._csv_steps))
             # Appending goes on from here only while the file ends with a step.
             self._json_tail = len(text.encode()) - len(_JSON_END) if self._json_steps else None
             self._written = (self._head(wall_seconds=False), len(steps)) if self._json_steps else None
@@ -315,13 +321,6 @@ class RunResults:
     @staticmethod
     def _step_json(step: dict) -> str:
         return json.dumps(_clean(step), indent=2).replace("\n", "\n    ")
-
-    def _step_csv(self, step: dict) -> str:
-        buf = io.StringIO()
-        cols = CSV_COLUMNS[self.mode]
-        csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore").writerow(
-            {k: ("" if step.get(k) is None else step.get(k)) for k in cols})
-        return buf.getvalue()
 
     def add_clients(self, rows: list[dict]) -> None:
         """Append one evaluation of all clients to clients.csv (round, client, examples,

@@ -134,8 +134,8 @@ def _record(r: int) -> dict:
 
 
 def test_rounds_appended_in_place_give_the_files_a_whole_write_gives(tmp_path):
-    """Rounds are appended to results.json and metrics.csv in place while nothing else
-    changes; the files are then the bytes a whole write of the same data gives."""
+    """Rounds are appended to results.json in place while nothing else changes; the file
+    is then the bytes a whole write of the same data gives."""
     from fedexp.results import RunResults
 
     results = RunResults(tmp_path / "a", "federated", info={"seed": 0})
@@ -145,7 +145,7 @@ def test_rounds_appended_in_place_give_the_files_a_whole_write_gives(tmp_path):
         if r == 1:
             stamp = results.data["wall_seconds"]
     assert json.loads((tmp_path / "a" / "results.json").read_text())["wall_seconds"] == stamp  # untouched since
-    appended = {name: (tmp_path / "a" / name).read_bytes() for name in ("results.json", "metrics.csv")}
+    appended = {name: (tmp_path / "a" / name).read_bytes() for name in ("results.json",)}
     results.write()  # the same data, written whole
     for name, data in appended.items():
         whole = (tmp_path / "a" / name).read_bytes()

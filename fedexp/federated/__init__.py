@@ -100,7 +100,6 @@ def run(work: Workload, results: RunResults, resume: dict | None = None) -> torc
         results.add(record)
         if keep:  # after results.json: a resume truncates it to the checkpoint's round
             checkpoints.save(results.dir, record["round"], {**strategy.checkpoint(), "config": config}, keep)
-        progress.round_line(record, cfg.num_rounds, results.steps)
 
     strategy = ServerStrategy(build_strategy(work, model), manager, on_round, seed=cfg.seed,
                               straggler_rate=float(cfg.faults.straggler_rate), layout=ModelLayout.of(model),
