@@ -1,5 +1,5 @@
 """What observes a run besides results.json: the progress lines, metrics.csv and the
-experiment trackers (TensorBoard so far).
+experiment trackers (TensorBoard, MLflow, Weights & Biases).
 
 Each is a `Callback` with three hooks, called by the run's record (results.RunResults):
 when the run starts, after each round or epoch is recorded (results.json already lists
@@ -62,7 +62,8 @@ class Callbacks:
 
 
 # The package each logger needs, and fedexp's extra that installs it.
-EXTRAS = {"tensorboard": ("tensorboard", "tensorboard")}
+EXTRAS = {"tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "mlflow"),
+          "wandb": ("wandb", "wandb")}
 
 
 def flat(record: dict, prefix: str = "") -> dict:
