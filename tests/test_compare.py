@@ -135,6 +135,18 @@ def test_group_choices_show_as_options_and_unused_settings_stay_blank(tmp_path, 
     assert list(rows) == ["c", "b", "a"]
 
 
+def test_what_only_observes_a_run_is_not_a_setting(tmp_path, capsys):
+    """Loggers, callbacks and checkpoints do not change a run's numbers: two seeds that
+    differ only in them form one seed group."""
+    root = tmp_path / "runs"
+    write_run(root / "a", ["logger=[csv,tensorboard]", "checkpoint.keep=0"], federated([0.5], [1.5], seed=0))
+    write_run(root / "b", ["~callbacks.progress", "seed=1"], federated([0.7], [1.2], seed=1))
+    assert compare([str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "logger" not in out and "checkpoint" not in out and "callbacks" not in out
+    assert "0.6000 ± 0.1414" in out  # one group of seeds 0 and 1
+
+
 def test_plot_draws_runs_groups_and_centralized_reference(seed_sweep, tmp_path, capsys):
     write_run(seed_sweep.parent / "central" / "0", ["mode=centralized", "seed=0"], centralized(0.9, 0.5))
     png = tmp_path / "out" / "compare.png"

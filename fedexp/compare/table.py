@@ -16,7 +16,9 @@ from .runs import Run
 # federated sweep with a centralized baseline does not list the baseline's unused strategy.
 UNUSED_BY_MODE = {"centralized": ("strategy", "num_rounds", "local_epochs", "simulation"),
                   "federated": ("centralized",)}
-NOT_SETTINGS = ("hydra", "mode")  # hydra.*: output paths and such; mode has its own column
+# hydra.*: output paths and such; mode has its own column; what observes or checkpoints a
+# run (callbacks, loggers, checkpoint) does not change its numbers.
+NOT_SETTINGS = ("hydra", "mode", "callbacks", "logger", "checkpoint")
 MISSING = "-"                      # a key a run's config does not have
 
 
