@@ -81,6 +81,26 @@ def fedexp(monkeypatch, capsys):
     return run
 
 
+def when_rounds_recorded(run_dir: Path, action, timeout: float = 240):
+    """In a thread: `action()` as soon as `run_dir`'s results.json lists a round (or after
+    `timeout` s). Returns the thread's future; for stopping a run, or what it talks to,
+    mid-run while this process runs it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def wait_then_act():
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if read_results(run_dir)["rounds"]:
+                    break
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.01)
+        action()
+
+    return ThreadPoolExecutor(1).submit(wait_then_act)
+
+
 def read_results(run_dir: Path) -> dict:
     return json.loads((run_dir / "results.json").read_text())
 

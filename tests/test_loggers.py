@@ -9,7 +9,7 @@ import signal
 
 import pytest
 
-from conftest import read_results
+from conftest import read_results, when_rounds_recorded
 from fedexp.callbacks import flat
 
 
@@ -41,8 +41,6 @@ def test_loggers_record_every_round_and_a_tracking_server_going_away_loses_nothi
     import sys
     import time
     import urllib.request
-    from concurrent.futures import ThreadPoolExecutor
-
     from mlflow import MlflowClient
 
     with socket.socket() as s:
@@ -63,17 +61,7 @@ def test_loggers_record_every_round_and_a_tracking_server_going_away_loses_nothi
                 assert time.monotonic() < deadline and server.poll() is None, "mlflow server did not start"
                 time.sleep(0.2)
 
-        def stop_server_in_job_2():
-            while time.monotonic() < deadline:
-                try:
-                    if read_results(sweep / "2")["rounds"]:
-                        break
-                except (OSError, ValueError, KeyError):
-                    pass
-                time.sleep(0.01)
-            os.killpg(server.pid, signal.SIGKILL)
-
-        stopper = ThreadPoolExecutor(1).submit(stop_server_in_job_2)
+        stopper = when_rounds_recorded(sweep / "2", lambda: os.killpg(server.pid, signal.SIGKILL))
         proc = fedexp("-m", "logger=[csv,tensorboard,mlflow]", "seed=0,1,2", "num_rounds=3", "num_clients=2",
                       "evaluation.all_clients_every=2", f"logger.mlflow.tracking_uri={uri}",
                       f"hydra.sweep.dir={sweep}")

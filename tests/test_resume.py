@@ -16,7 +16,7 @@ import yaml
 from flwr.common import ndarrays_to_parameters
 from flwr.server.strategy import FedAdam
 
-from conftest import compose_cfg, read_results
+from conftest import compose_cfg, read_results, when_rounds_recorded
 from fedexp import checkpoints, resume
 from fedexp.checks import ConfigError
 from fedexp.federated.methods.base import DiskClientState
@@ -107,18 +107,7 @@ def test_an_interrupted_sweep_resumed_completes_every_job_and_runs_none_twice(tm
     process, as `fedexp` runs a sweep's jobs one after another."""
     sweep = tmp_path / "sweep"
 
-    def stop_in_third_job():
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            try:
-                if read_results(sweep / "2")["rounds"]:
-                    break
-            except (OSError, ValueError, KeyError):
-                pass
-            time.sleep(0.01)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    stopper = ThreadPoolExecutor(1).submit(stop_in_third_job)
+    stopper = when_rounds_recorded(sweep / "2", lambda: os.kill(os.getpid(), signal.SIGTERM))
     proc = fedexp("-m", "seed=0,1,2", "num_rounds=2", "num_clients=2", f"hydra.sweep.dir={sweep}")
     stopper.result()
     assert proc.returncode == 143, proc.stderr[-3000:]
