@@ -16,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from . import resume
+from . import callbacks, resume
 from .checks import ConfigError, check
 from .command_line import UNUSED_ENV, prepare, signature_of_job, fresh_dir
 from .data import DatasetError
@@ -60,8 +60,6 @@ def run(cfg: DictConfig, run_dir: str, info: dict | None = None) -> dict:
     start = resume.starting_point(cfg, run_dir) if resume.requested_for(run_dir) else resume.Start()
     if start.skip is not None:
         return start.skip
-    from . import callbacks
-
     results = RunResults(run_dir, cfg.mode, info={"seed": cfg.seed, **(info or {})}, resume_after=start.after,
                          callbacks=callbacks.build(cfg), config=OmegaConf.to_container(cfg, resolve=True),
                          sweep=HydraConfig.get().sweep.dir if in_multirun() else None)
