@@ -526,16 +526,35 @@ def inline_clients(threads: int):
     return InlineClients
 
 
+def _prompt_queue():
+    """Flower's engine threads wait on their message queues for up to 1 s before they look
+    at the engine's stop flag, so every run ended about a second after its last round.
+    Waiting at most ENGINE_POLL s at a time, they end as soon as the run has."""
+    import queue
+
+    class PromptQueue(queue.Queue):
+        def get(self, block=True, timeout=None):
+            return super().get(block, None if timeout is None else min(timeout, ENGINE_POLL))
+
+    return PromptQueue
+
+
+ENGINE_POLL = 0.05  # seconds
+
+
 @contextmanager
 def _engine_backend(backend) -> Any:
+    """Flower's engine with `backend` (see run_engine) and prompt queues (see _prompt_queue),
+    for the length of one run: flwr 1.42's vce_api looks both up by module-level name."""
+    from flwr.server.superlink.fleet.vce import vce_api
     from flwr.server.superlink.fleet.vce.backend import raybackend
 
-    flowers = raybackend.RayBackend
-    raybackend.RayBackend = backend
+    flowers = raybackend.RayBackend, vce_api.Queue
+    raybackend.RayBackend, vce_api.Queue = backend, _prompt_queue()
     try:
         yield
     finally:
-        raybackend.RayBackend = flowers
+        raybackend.RayBackend, vce_api.Queue = flowers
 
 
 def run_engine(server_app, client_app, num_clients: int, verbose: bool, stop, backend,
