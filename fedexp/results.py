@@ -7,8 +7,8 @@ end, so a killed run still leaves them on disk. It is written whole, atomically 
 file + rename), when the run starts, ends or changes a key other than its rounds; in
 between, each round is appended in place, with one write at the end of the file, so that
 writing a round costs the same at round 10 and at round 10,000 (a reader that reads while
-that write happens may see the file cut short, and reads it again: see `read_json`). The run ends with
-one of STATUSES. A run directory belongs to one run: the run claims it (CLAIM, created
+that write happens may see the file cut short, and reads it again: see `read_json`). The
+run ends with one of STATUSES. A run directory belongs to one run: the run claims it (CLAIM, created
 exclusively), and a directory that holds any run's output is never written into.
 The contract (documented in the README) may gain keys; existing keys are never renamed.
 """
@@ -112,7 +112,7 @@ def take_over(run_dir: str | Path) -> None:
     at once, the one whose rename of the old claim succeeds gets it."""
     run_dir = Path(run_dir)
     owner = _claimant(run_dir)
-    if owner is not None and owner != os.getpid() and _alive(owner):
+    if owner is not None and owner != os.getpid() and pid_alive(owner):
         raise ResultsExistError(f"{run_dir} is in use by a running fedexp (pid {owner}); "
                                 f"resume it once that process has ended")
     if owner != os.getpid():
@@ -131,7 +131,8 @@ def take_over(run_dir: str | Path) -> None:
         moved.unlink(missing_ok=True)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists (another user's counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

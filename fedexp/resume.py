@@ -136,12 +136,12 @@ class Start:
 def starting_point(cfg: DictConfig, run_dir: str) -> Start:
     """What the resumed job in `run_dir` does; a fresh job (nothing in its directory) gets
     an empty Start and runs as new."""
-    from .results import outputs_in
+    from .results import CLAIM, outputs_in
 
     run_dir = Path(run_dir)
     results = run_dir / "results.json"
     if not results.is_file():
-        if [name for name in outputs_in(run_dir) if name not in (".fedexp-run", "partitions.json", "partitions.png")]:
+        if [name for name in outputs_in(run_dir) if name not in (CLAIM, "partitions.json", "partitions.png")]:
             raise ConfigError(f"resume: {run_dir} holds run files but no results.json; move them away to start it again")
         return Start(after=0) if outputs_in(run_dir) else Start()
     data = read_json(results)

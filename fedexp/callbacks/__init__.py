@@ -66,6 +66,9 @@ EXTRAS = {"tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "m
           "wandb": ("wandb", "wandb")}
 
 
+ARTIFACTS = ("results.json", "results.png", "partitions.png", "model.pt")  # what a tracker keeps of a run
+
+
 def flat(record: dict, prefix: str = "") -> dict:
     """A round's record with nested objects (`all_clients`) as `all_clients.mean_accuracy`."""
     out = {}

@@ -20,10 +20,7 @@ import os
 import time
 from pathlib import Path
 
-from . import Callback, flat, numbers
-
-ARTIFACTS = ("results.json", "results.png", "partitions.png", "model.pt")
-
+from . import ARTIFACTS, Callback, flat, numbers
 
 class MLflowLogger(Callback):
     def __init__(self, tracking_uri: str | None = None, experiment_name: str = "fedexp",

@@ -11,10 +11,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from . import Callback, flat, numbers
-
-ARTIFACTS = ("results.json", "results.png", "partitions.png", "model.pt")
-
+from . import ARTIFACTS, Callback, flat, numbers
 
 class WandbLogger(Callback):
     def __init__(self, project: str = "fedexp", mode: str = "offline", entity: str | None = None,

@@ -348,15 +348,9 @@ def _tags_of_processes() -> list[tuple[int, str]]:
 
 def _driver_gone(owner: str) -> bool:
     """Whether `owner` names a driver process (not this one) that no longer exists."""
-    if not owner.isdigit() or int(owner) == os.getpid():
-        return False
-    try:
-        os.kill(int(owner), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    from ..results import pid_alive
+
+    return owner.isdigit() and int(owner) != os.getpid() and not pid_alive(int(owner))
 
 
 def reap_orphans() -> int:
