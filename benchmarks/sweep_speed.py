@@ -11,6 +11,7 @@ its own rounds: the job's `wall_seconds` in results.json minus the sum of its ro
 `seconds`, the fixed cost that sharing Ray is meant to cut. The default workload is the
 default experiment (digits, 10 clients, 5 rounds). Only the standard library is used.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,7 +26,9 @@ from pathlib import Path
 
 def timed(cmd: list[str], cwd: Path) -> float:
     start = time.perf_counter()
-    done = subprocess.run(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    done = subprocess.run(
+        cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     if done.returncode != 0:
         sys.exit(f"failed: {' '.join(cmd)}\n{done.stderr[-2000:]}")
     return time.perf_counter() - start
@@ -55,22 +58,48 @@ def main() -> None:
         work = Path(tmp)
         for rep in range(args.repeat):
             sweep_dir = work / f"sweep{rep}"
-            a = timed(fedexp + ["-m", f"seed={','.join(map(str, seeds))}", *args.overrides,
-                                f"hydra.sweep.dir={sweep_dir}"], work)
-            b = sum(timed(fedexp + [f"seed={s}", *args.overrides, f"hydra.run.dir={work / f'one{rep}-{s}'}"],
-                          work) for s in seeds)
+            a = timed(
+                [
+                    *fedexp,
+                    "-m",
+                    f"seed={','.join(map(str, seeds))}",
+                    *args.overrides,
+                    f"hydra.sweep.dir={sweep_dir}",
+                ],
+                work,
+            )
+            b = sum(
+                timed(
+                    [
+                        *fedexp,
+                        f"seed={s}",
+                        *args.overrides,
+                        f"hydra.run.dir={work / f'one{rep}-{s}'}",
+                    ],
+                    work,
+                )
+                for s in seeds
+            )
             jobs = [beyond_rounds(sweep_dir / str(s)) for s in seeds]
             sweeps.append(a)
             singles.append(b)
             ratios.append(a / b)
             beyond.extend(jobs)
-            print(f"repetition {rep + 1}: sweep {a:.1f} s, one by one {b:.1f} s, ratio {a / b:.2f}; "
-                  f"per sweep job beyond its rounds: median {statistics.median(jobs):.2f} s "
-                  f"(first job {jobs[0]:.2f} s, others {min(jobs[1:]):.2f}-{max(jobs[1:]):.2f} s)",
-                  flush=True)
-    result = {"jobs": args.jobs, "repeat": args.repeat, "overrides": args.overrides,
-              "sweep_seconds": spread(sweeps), "one_by_one_seconds": spread(singles),
-              "ratio": spread(ratios), "beyond_rounds_per_job_seconds": spread(beyond)}
+            print(
+                f"repetition {rep + 1}: sweep {a:.1f} s, one by one {b:.1f} s, ratio {a / b:.2f}; "
+                f"per sweep job beyond its rounds: median {statistics.median(jobs):.2f} s "
+                f"(first job {jobs[0]:.2f} s, others {min(jobs[1:]):.2f}-{max(jobs[1:]):.2f} s)",
+                flush=True,
+            )
+    result = {
+        "jobs": args.jobs,
+        "repeat": args.repeat,
+        "overrides": args.overrides,
+        "sweep_seconds": spread(sweeps),
+        "one_by_one_seconds": spread(singles),
+        "ratio": spread(ratios),
+        "beyond_rounds_per_job_seconds": spread(beyond),
+    }
     print("RESULT " + json.dumps(result))
 
 

@@ -11,6 +11,7 @@ derived from (seed, round, client) anew (every client's streams). Only the newes
 
 A checkpoint is a pickle: load only checkpoints of runs you trust.
 """
+
 from __future__ import annotations
 
 import logging
@@ -31,7 +32,11 @@ class CheckpointError(RuntimeError):
 
 def _files(run_dir: Path) -> list[tuple[int, Path]]:
     folder = Path(run_dir) / FOLDER
-    found = [(int(p.stem), p) for p in folder.glob("*.ckpt") if p.stem.isdigit()] if folder.is_dir() else []
+    found = (
+        [(int(p.stem), p) for p in folder.glob("*.ckpt") if p.stem.isdigit()]
+        if folder.is_dir()
+        else []
+    )
     return sorted(found)
 
 
@@ -55,11 +60,15 @@ def newest(run_dir: Path) -> dict | None:
     try:
         state = pickle.loads(path.read_bytes())
     except Exception as e:  # written atomically, so only a damaged disk or a hand edit gets here
-        raise CheckpointError(f"{path} cannot be read ({type(e).__name__}: {e}); remove it to resume "
-                              f"from the checkpoint before it") from None
+        raise CheckpointError(
+            f"{path} cannot be read ({type(e).__name__}: {e}); remove it to resume "
+            f"from the checkpoint before it"
+        ) from None
     if not isinstance(state, dict) or state.get("version") != VERSION or state.get("step") != step:
-        raise CheckpointError(f"{path} is not a checkpoint this fedexp writes (layout version "
-                              f"{state.get('version') if isinstance(state, dict) else '?'}, expected {VERSION})")
+        raise CheckpointError(
+            f"{path} is not a checkpoint this fedexp writes (layout version "
+            f"{state.get('version') if isinstance(state, dict) else '?'}, expected {VERSION})"
+        )
     return state
 
 

@@ -11,6 +11,7 @@ and every bad setting `fedexp.checks.check` finds, first, in one line.
 conf/config.yaml): two runs started in the same second get `<time>` and `<time>-2`
 instead of sharing one directory.
 """
+
 from __future__ import annotations
 
 import os
@@ -46,6 +47,14 @@ def _options(conf: Path, group: str) -> list[str] | None:
     return sorted(p.stem for p in folder.glob("*.yaml"))
 
 
+def _is_list_group(conf: Path, group: str) -> bool:
+    """Whether config.yaml's defaults pick a list of `group`'s options (e.g. `logger`)."""
+    import yaml
+
+    defaults = yaml.safe_load((conf / "config.yaml").read_text()).get("defaults", [])
+    return any(isinstance(d, dict) and isinstance(d.get(group), list) for d in defaults)
+
+
 def _values(override) -> list[str] | None:
     """The values an override sets (all of a sweep's), or None when not enumerable."""
     if not override.is_sweep_override():
@@ -65,12 +74,16 @@ def _output_dir_problem(override, multirun: bool) -> str | None:
     from .results import outputs_in
 
     if key == "hydra.run.dir" and not multirun and outputs_in(value):
-        return (f"hydra.run.dir={value} already holds {outputs_in(value)[0]} from another run; "
-                f"refusing to write into it (choose another directory, or leave hydra.run.dir "
-                f"unset for a fresh one)")
+        return (
+            f"hydra.run.dir={value} already holds {outputs_in(value)[0]} from another run; "
+            f"refusing to write into it (choose another directory, or leave hydra.run.dir "
+            f"unset for a fresh one)"
+        )
     if key == "hydra.sweep.dir" and multirun and any(outputs_in(job) for job in _subdirs(value)):
-        return (f"hydra.sweep.dir={value} already holds another sweep's results; refusing to "
-                f"overwrite them (choose another directory, or leave hydra.sweep.dir unset)")
+        return (
+            f"hydra.sweep.dir={value} already holds another sweep's results; refusing to "
+            f"overwrite them (choose another directory, or leave hydra.sweep.dir unset)"
+        )
     return None
 
 
@@ -139,8 +152,10 @@ def plugin_problem(option: str) -> str | None:
     except ImportError:
         pass
     group, _, name = option.rpartition("/")
-    return (f"{group}={name} needs a Hydra plugin that is not installed: pip install -e '.[{extra}]' "
-            f"(the extra '{extra}'; '.[all]' installs every extra)")
+    return (
+        f"{group}={name} needs a Hydra plugin that is not installed: pip install -e '.[{extra}]' "
+        f"(the extra '{extra}'; '.[all]' installs every extra)"
+    )
 
 
 def _first(problems) -> str | None:
@@ -159,7 +174,9 @@ def _plugin_of_option(conf: Path, group: str, option: str) -> str | None:
     return f"{group}={option}: {problem}" if problem else None
 
 
-def _composition_problem(error: Exception, conf: Path | None = None, choices: dict | None = None) -> str:
+def _composition_problem(
+    error: Exception, conf: Path | None = None, choices: dict | None = None
+) -> str:
     from hydra.errors import MissingConfigException
 
     text = f"{error} {error.__cause__ or ''}"
@@ -168,7 +185,9 @@ def _composition_problem(error: Exception, conf: Path | None = None, choices: di
         return problem
     if isinstance(error, MissingConfigException) and error.options and error.missing_cfg_file:
         group, _, option = error.missing_cfg_file.rpartition("/")
-        return f"{group}={option} is not allowed: the {group} options are {', '.join(error.options)}"
+        return (
+            f"{group}={option} is not allowed: the {group} options are {', '.join(error.options)}"
+        )
     key = re.search(r"Could not override '([^']+)'", text)
     if key and "not in struct" in text:
         name = key.group(1)
@@ -176,11 +195,15 @@ def _composition_problem(error: Exception, conf: Path | None = None, choices: di
         if owners:
             group = name.partition(".")[0]
             chosen = (choices or {}).get(group) or _default_option(conf, group)
-            return (f"{name} is not a setting of {group}={chosen}: only {group}="
-                    f"{','.join(owners)} {'has' if len(owners) == 1 else 'have'} it (in a sweep over "
-                    f"{group}, it applies to the options that have it)")
-        return (f"{name} is not a fedexp setting (a typo? `fedexp --cfg job` lists every "
-                f"setting; +{name}=VALUE adds a new key)")
+            return (
+                f"{name} is not a setting of {group}={chosen}: only {group}="
+                f"{','.join(owners)} {'has' if len(owners) == 1 else 'have'} it (in a sweep over "
+                f"{group}, it applies to the options that have it)"
+            )
+        return (
+            f"{name} is not a fedexp setting (a typo? `fedexp --cfg job` lists every "
+            f"setting; +{name}=VALUE adds a new key)"
+        )
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return " ".join(line for line in lines if not line.startswith(("full_key:", "object_type")))
 
@@ -225,18 +248,24 @@ def signature_of_job() -> str:
     return _signature(choices)
 
 
-def _keys_by_option(conf: Path, overrides, group_values: dict[str, list[str]]) -> dict[str, list[str]]:
+def _keys_by_option(
+    conf: Path, overrides, group_values: dict[str, list[str]]
+) -> dict[str, list[str]]:
     """For a sweep over group options whose keys differ: per combination of the swept
     options, the command line's keys that the combination's config does not have."""
     import itertools
 
     from hydra import compose
+    from hydra.core.override_parser.types import OverrideType
     from omegaconf import OmegaConf
 
-    from hydra.core.override_parser.types import OverrideType
-
-    keys = [o.key_or_group for o in overrides if not o.is_hydra_override() and o.type == OverrideType.CHANGE
-            and _options(conf, o.key_or_group) is None]
+    keys = [
+        o.key_or_group
+        for o in overrides
+        if not o.is_hydra_override()
+        and o.type == OverrideType.CHANGE
+        and _options(conf, o.key_or_group) is None
+    ]
     groups = sorted(group_values)
     missing: dict[str, list[str]] = {}
     for values in itertools.islice(itertools.product(*(group_values[g] for g in groups)), 256):
@@ -260,9 +289,17 @@ def prepare(argv: list[str], conf_dir: str) -> CommandLine:
         line = _check(argv, conf)
     from .resume import RESUME_ENV
 
-    if line.problem is None and not os.environ.get(RESUME_ENV):  # a resumed run takes its claim over
+    if line.problem is None and not os.environ.get(RESUME_ENV):  # a resume takes its claim over
         line.problem = _claim_run_dir(line.argv)
     return line
+
+
+# Hydra's flags that ask for something other than a run (help, shell completion, ...).
+_NO_RUN = ("help", "hydra_help", "info", "shell_completion", "experimental_rerun")
+
+
+def _any_flag(args, *names: str) -> bool:
+    return any(getattr(args, name) for name in names)
 
 
 def _claim_run_dir(argv: list[str]) -> str | None:
@@ -274,8 +311,7 @@ def _claim_run_dir(argv: list[str]) -> str | None:
     from .results import ResultsExistError, claim
 
     args, _ = get_args_parser().parse_known_args(argv)
-    if (args.multirun or args.cfg or args.help or args.hydra_help or args.info or args.shell_completion
-            or args.experimental_rerun):  # no run: nothing to claim
+    if _any_flag(args, "multirun", "cfg", *_NO_RUN):  # no single run: nothing to claim
         return None
     for arg in args.overrides:
         key, _, value = arg.lstrip("+").partition("=")
@@ -304,8 +340,7 @@ def _check(argv: list[str], conf: Path) -> CommandLine:
     from omegaconf.errors import OmegaConfBaseException
 
     args, _ = get_args_parser().parse_known_args(argv)
-    if (args.help or args.hydra_help or args.info or args.shell_completion or args.config_path
-            or args.config_dir or args.config_name or args.experimental_rerun):
+    if _any_flag(args, "config_path", "config_dir", "config_name", *_NO_RUN):
         return CommandLine(None, argv)
     try:
         overrides = OverridesParser.create().parse_overrides(args.overrides)
@@ -315,20 +350,31 @@ def _check(argv: list[str], conf: Path) -> CommandLine:
     for o in overrides:
         if o.is_hydra_override():
             problem = _output_dir_problem(o, args.multirun) or _first(
-                plugin_problem(f"{o.key_or_group}={v}") for v in _values(o) or [])
+                plugin_problem(f"{o.key_or_group}={v}") for v in _values(o) or []
+            )
             if problem:
                 return CommandLine(problem, argv)
             continue
         values = _values(o)
         options = _options(conf, o.key_or_group)
-        several = not o.is_sweep_override() and isinstance(o.value(), list)  # logger=[csv,tensorboard]
+        if options is not None and o.value() is None and _is_list_group(conf, o.key_or_group):
+            return CommandLine(
+                f"{o.key_or_group}=null is not allowed: {o.key_or_group}=[] chooses none of "
+                f"its options ({', '.join(options)})",
+                argv,
+            )
+        # a list of options, e.g. logger=[csv,tensorboard]
+        several = not o.is_sweep_override() and isinstance(o.value(), list)
         if several:
             values = [str(v) for v in o.value()]
         if options is not None and values is not None and not o.is_delete():
             for v in values:
                 if v not in options and v != "null":
-                    return CommandLine(f"{o.key_or_group}={v} is not allowed: the {o.key_or_group} "
-                                       f"options are {', '.join(options)}", argv)
+                    return CommandLine(
+                        f"{o.key_or_group}={v} is not allowed: the {o.key_or_group} "
+                        f"options are {', '.join(options)}",
+                        argv,
+                    )
                 problem = _plugin_of_option(conf, o.key_or_group, v)
                 if problem:
                     return CommandLine(problem, argv)
@@ -346,13 +392,19 @@ def _check(argv: list[str], conf: Path) -> CommandLine:
         except (HydraException, OmegaConfBaseException):
             unused = {}
         forced = {k for keys in unused.values() for k in keys}
-        everywhere_absent = [k for k in forced if all(k in keys for keys in unused.values())
-                             and len(unused) == _combinations(group_values)]
+        everywhere_absent = [
+            k
+            for k in forced
+            if all(k in keys for keys in unused.values())
+            and len(unused) == _combinations(group_values)
+        ]
         forced -= set(everywhere_absent)
         unused = {sig: [k for k in keys if k in forced] for sig, keys in unused.items()}
         unused = {sig: keys for sig, keys in unused.items() if keys}
         if forced:
-            rewritten = {o.input_line: f"++{o.input_line}" for o in overrides if o.key_or_group in forced}
+            rewritten = {
+                o.input_line: f"++{o.input_line}" for o in overrides if o.key_or_group in forced
+            }
             argv = [rewritten.get(a, a) for a in argv]
             to_compose = [rewritten.get(a, a) for a in to_compose]
     try:

@@ -13,6 +13,7 @@ anything is saved. `deferred_interrupts` therefore only asks the engine to stop
 (`on_signal`) and raises `Interrupted` once it has returned, a few seconds later. A
 third signal raises at once, as a last resort.
 """
+
 from __future__ import annotations
 
 import signal

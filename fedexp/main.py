@@ -3,12 +3,14 @@
 Data flows one way: config -> checks -> data (load, partition) -> model -> training loops ->
 `federated` (Flower simulation) or `centralized` -> results in Hydra's run directory.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 
 import hydra
@@ -16,12 +18,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from . import callbacks, resume
-from .checks import ConfigError, check
-from .command_line import UNUSED_ENV, prepare, signature_of_job, fresh_dir
-from .data import DatasetError
+from . import callbacks, progress, resume
+from .checks import check
+from .command_line import UNUSED_ENV, fresh_dir, prepare, signature_of_job
+from .errors import BAD_INPUT, OutputError
 from .interrupts import signals_as_interrupts
-from .results import DISK_ERRNOS, STEP_KEY, OutputError, ResultsExistError, RunResults
+from .modes import ignored_overrides
+from .results import DISK_ERRNOS, RunResults, steps_of
 from .sweep import in_multirun, record_failed_job
 
 log = logging.getLogger("fedexp")
@@ -29,8 +32,6 @@ OmegaConf.register_new_resolver("fedexp.fresh_dir", fresh_dir, replace=True)
 # int(n * fraction): how many of n clients a fraction samples, as Flower counts them
 # (conf/experiment/tutorial.yaml: min_evaluate_clients is "half of the clients").
 OmegaConf.register_new_resolver("fedexp.share", lambda n, fraction: int(n * fraction), replace=True)
-
-USER_ERRORS = (ConfigError, DatasetError, ResultsExistError)
 
 
 def config_dir() -> str:
@@ -40,7 +41,9 @@ def config_dir() -> str:
     for candidate in (here / "conf", here.parent / "conf"):
         if (candidate / "config.yaml").is_file():
             return str(candidate)
-    raise FileNotFoundError(f"fedexp's conf/ folder is missing (looked in {here} and {here.parent})")
+    raise FileNotFoundError(
+        f"fedexp's conf/ folder is missing (looked in {here} and {here.parent})"
+    )
 
 
 def run(cfg: DictConfig, run_dir: str, info: dict | None = None) -> dict:
@@ -60,16 +63,29 @@ def run(cfg: DictConfig, run_dir: str, info: dict | None = None) -> dict:
     start = resume.starting_point(cfg, run_dir) if resume.requested_for(run_dir) else resume.Start()
     if start.skip is not None:
         return start.skip
-    results = RunResults(run_dir, cfg.mode, info={"seed": cfg.seed, **(info or {})}, resume_after=start.after,
-                         callbacks=callbacks.build(cfg), config=OmegaConf.to_container(cfg, resolve=True),
-                         sweep=HydraConfig.get().sweep.dir if in_multirun() else None)
+    results = RunResults(
+        run_dir,
+        cfg.mode,
+        info={"seed": cfg.seed, **(info or {})},
+        resume_after=start.after,
+        callbacks=callbacks.build(cfg),
+        config=OmegaConf.to_container(cfg, resolve=True),
+        sweep=HydraConfig.get().sweep.dir if in_multirun() else None,
+    )
     if start.after is not None and not in_multirun():
         resume.record_num_rounds(run_dir, cfg.num_rounds)
     try:
         work = Workload.build(cfg)
-        results.data["data"] = {"dataset": cfg.dataset.name, "train_examples": len(work.data.y_train),
-                                "test_examples": len(work.data.y_test), "clients": len(work.parts)}
-        partition_report.write(run_dir, work.data.y_train, work.parts, work.data.classes, cfg.partitioning)
+        results.data["data"] = {
+            "dataset": cfg.dataset.name,
+            "train_examples": len(work.data.y_train),
+            "test_examples": len(work.data.y_test),
+            "clients": len(work.parts),
+        }
+        results.data["device"] = report_device(cfg, work.device)
+        partition_report.write(
+            run_dir, work.data.y_train, work.parts, work.data.classes, cfg.partitioning
+        )
         results.start()
         if cfg.mode == "federated":
             federated.run(work, results, resume=start.checkpoint)
@@ -81,7 +97,8 @@ def run(cfg: DictConfig, run_dir: str, info: dict | None = None) -> dict:
         if results.data["status"] == "running":
             try:
                 if isinstance(e, KeyboardInterrupt):
-                    if not (results.dir / "model.pt").exists():  # stopped before the run had a model
+                    # stopped before the run had a model
+                    if not (results.dir / "model.pt").exists():
                         from .workload import initial_model
 
                         results.save_model(initial_model(cfg))
@@ -99,19 +116,29 @@ def run(cfg: DictConfig, run_dir: str, info: dict | None = None) -> dict:
     return results.data
 
 
+def report_device(cfg: DictConfig, device) -> str:
+    """The torch device the run uses (results.json's `device`), said on the console when
+    `device=auto` picked it."""
+    if cfg.device.type == "auto":
+        log.info("device=auto: training on %s", device)
+    return str(device)
+
+
 def dry_run(cfg: DictConfig, run_dir: str) -> dict:
     """Everything a run does before it trains, and nothing after: the settings, loading and
     partitioning the data (partitions.json/png are written), the model and, federated, both
     halves of the method as the server and a client worker would build them. It stops
     where a federated run would start Ray; no results.json is written."""
     from . import partition_report
-    from .workload import Workload
-
     from .results import claim
+    from .workload import Workload
 
     claim(run_dir)
     work = Workload.build(cfg)
-    partition_report.write(run_dir, work.data.y_train, work.parts, work.data.classes, cfg.partitioning)
+    report_device(cfg, work.device)
+    partition_report.write(
+        run_dir, work.data.y_train, work.parts, work.data.classes, cfg.partitioning
+    )
     model = work.new_model()
     built = f"model {type(model).__name__}"
     if cfg.mode == "federated":
@@ -120,16 +147,27 @@ def dry_run(cfg: DictConfig, run_dir: str) -> dict:
 
         strategy = build_strategy(work, model)
         kit = ClientKit.build(OmegaConf.to_container(cfg, resolve=True), work.device)
-        built += f", strategy {type(strategy).__name__} with client {type(kit.new_method()).__name__}"
-    log.info("dry run: %d training examples in %d partitions, %s; stopped before training -> %s",
-             len(work.data.y_train), len(work.parts), built, run_dir)
+        built += (
+            f", strategy {type(strategy).__name__} with client {type(kit.new_method()).__name__}"
+        )
+    log.info(
+        "dry run: %d training examples in %d partitions, %s; stopped before training -> %s",
+        len(work.data.y_train),
+        len(work.parts),
+        built,
+        run_dir,
+    )
     return {"status": "dry_run"}
 
 
 def drop_unused_settings(cfg: DictConfig) -> dict[str, object]:
     """In a sweep over options whose keys differ, remove from this job's config the keys
     its options do not have (see command_line.prepare); return them with their values."""
-    unused = json.loads(os.environ.get(UNUSED_ENV, "{}")).get(signature_of_job(), []) if in_multirun() else []
+    unused = (
+        json.loads(os.environ.get(UNUSED_ENV, "{}")).get(signature_of_job(), [])
+        if in_multirun()
+        else []
+    )
     dropped = {}
     for key in unused:
         parent, _, leaf = key.rpartition(".")
@@ -139,8 +177,10 @@ def drop_unused_settings(cfg: DictConfig) -> dict[str, object]:
             with open_dict(node):
                 del node[leaf]
     if dropped:
-        log.info("not used by this job's options, so left out: %s",
-                 ", ".join(f"{k}={v}" for k, v in dropped.items()))
+        log.info(
+            "not used by this job's options, so left out: %s",
+            ", ".join(f"{k}={v}" for k, v in dropped.items()),
+        )
     return dropped
 
 
@@ -160,16 +200,21 @@ def run_sweep_job(cfg: DictConfig, run_dir: str, unused: dict | None = None) -> 
 def exit_status(error: BaseException, run_dir: str) -> int | None:
     """The exit status for an error the user can act on, after one line on stderr; None
     for anything else (a bug: Hydra prints the traceback)."""
-    if isinstance(error, USER_ERRORS):
+    if isinstance(error, BAD_INPUT):
         print(f"fedexp: error: {error}", file=sys.stderr)
         return 2
     if isinstance(error, OutputError):
-        print(f"fedexp: error: {error} (status: failed, if results.json could still be written)",
-              file=sys.stderr)
+        print(
+            f"fedexp: error: {error} (status: failed, if results.json could still be written)",
+            file=sys.stderr,
+        )
         return 1
     if isinstance(error, KeyboardInterrupt):
-        print(f"fedexp: {error or 'interrupted'}: the results so far are in {run_dir} "
-              f"(status: interrupted)", file=sys.stderr)
+        print(
+            f"fedexp: {error or 'interrupted'}: the results so far are in {run_dir} "
+            f"(status: interrupted)",
+            file=sys.stderr,
+        )
         return getattr(error, "exit_code", 130)
     return None
 
@@ -179,27 +224,48 @@ def job(cfg: DictConfig) -> float | None:
     """One Hydra job (a run, or one run of a sweep)."""
     run_dir = HydraConfig.get().runtime.output_dir
     unused = drop_unused_settings(cfg)
+    ignored = ignored_overrides(str(cfg.mode), list(HydraConfig.get().overrides.task))
+    if ignored:
+        log.warning(
+            "mode=%s does not read %s: %s",
+            cfg.mode,
+            ", ".join(ignored),
+            f"it trains {progress.count(cfg.centralized.epochs, 'epoch')} (centralized.epochs)"
+            if cfg.mode == "centralized"
+            else "they are settings of mode=centralized",
+        )
     try:
         with signals_as_interrupts():
             data = run_sweep_job(cfg, run_dir, unused) if in_multirun() else run(cfg, run_dir)
     except BaseException as e:
         status = exit_status(e, run_dir)
-        if status is None or (cfg.get("verbose") and not isinstance(e, KeyboardInterrupt)):
+        if status is None:
             raise
+        if cfg.get("verbose") and not isinstance(e, KeyboardInterrupt):
+            traceback.print_exception(e)  # the whole story, with the exit status of its kind
         sys.exit(status)
     if data is not None and data["status"] == "dry_run":
         return None
     if data is None or data["status"] != "completed":
         if data is not None:
-            print(f"fedexp: run {data['status']}: {data.get('error')}; results and the last good "
-                  f"model are in {run_dir}", file=sys.stderr)
+            print(
+                f"fedexp: run {data['status']}: {data.get('error')}; results and the last good "
+                f"model are in {run_dir}",
+                file=sys.stderr,
+            )
         if HydraConfig.get().mode != RunMode.MULTIRUN:
             sys.exit(1)
         return float("nan")  # a sweep goes on with its next job; Optuna records a failed trial
     final = data.get("final") or {}
-    log.info("%s run %s: final test accuracy %s, test loss %s (%.1fs) -> %s", cfg.mode,
-             data["status"], final.get("test_accuracy"), final.get("test_loss"),
-             data["wall_seconds"], run_dir)
+    log.info(
+        "%s run %s: final test accuracy %s, test loss %s (%.1fs) -> %s",
+        cfg.mode,
+        data["status"],
+        progress.number(final.get("test_accuracy")),
+        progress.number(final.get("test_loss")),
+        data["wall_seconds"],
+        run_dir,
+    )
     return objective(cfg, data)
 
 
@@ -209,7 +275,7 @@ def objective(cfg: DictConfig, data: dict) -> float:
     accuracy for a regression loss: Optuna then records a failed trial)."""
     name = cfg.get("objective", "final_test_accuracy")
     if name == "best_test_accuracy":
-        steps = data.get(STEP_KEY.get(str(cfg.mode), "rounds")) or []
+        steps = steps_of(data, str(cfg.mode))
         scores = [s["test_accuracy"] for s in steps if isinstance(s.get("test_accuracy"), float)]
         return max(scores) if scores else float("nan")
     value = (data.get("final") or {}).get(name.removeprefix("final_"))

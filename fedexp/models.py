@@ -3,6 +3,7 @@
 Every model takes the dataset's `channels`, `image_size` and `num_classes` (interpolated
 from `conf/dataset/*.yaml`), so any model runs on any dataset.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -22,8 +23,13 @@ class CNN(nn.Module):
     have: that is what FedBN keeps local.
     """
 
-    def __init__(self, channels: int = 3, image_size: int = 32, num_classes: int = 10,
-                 batch_norm: bool = False):
+    def __init__(
+        self,
+        channels: int = 3,
+        image_size: int = 32,
+        num_classes: int = 10,
+        batch_norm: bool = False,
+    ):
         super().__init__()
         side = ((image_size - 4) // 2 - 4) // 2
         if side < 1:
@@ -52,8 +58,14 @@ class MLP(nn.Module):
     """A fully connected baseline: flatten -> hidden layers with ReLU -> classes;
     `batch_norm=True` adds BatchNorm before each ReLU."""
 
-    def __init__(self, channels: int = 3, image_size: int = 32, num_classes: int = 10,
-                 hidden: tuple[int, ...] = (200, 200), batch_norm: bool = False):
+    def __init__(
+        self,
+        channels: int = 3,
+        image_size: int = 32,
+        num_classes: int = 10,
+        hidden: tuple[int, ...] = (200, 200),
+        batch_norm: bool = False,
+    ):
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]
         width = channels * image_size * image_size
@@ -67,8 +79,13 @@ class MLP(nn.Module):
         return self.net(x)
 
 
-def resnet18(channels: int = 3, image_size: int = 32, num_classes: int = 10,
-             small_stem: bool | None = None, batch_norm: bool = True) -> nn.Module:
+def resnet18(
+    channels: int = 3,
+    image_size: int = 32,
+    num_classes: int = 10,
+    small_stem: bool | None = None,
+    batch_norm: bool = True,
+) -> nn.Module:
     """torchvision's ResNet-18 (random init), sized for the dataset.
 
     The ImageNet stem (7x7 stride-2 convolution, then max-pooling) shrinks a 32x32 image to
@@ -89,7 +106,8 @@ def resnet18(channels: int = 3, image_size: int = 32, num_classes: int = 10,
         model.maxpool = nn.Identity()
     elif channels != 3:
         model.conv1 = nn.Conv2d(channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
-    nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")  # as torchvision
+    # initialised as torchvision initialises it
+    nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
     return model
 
 
@@ -101,11 +119,13 @@ def get_weights(model: nn.Module) -> list[np.ndarray]:
 def set_weights(model: nn.Module, weights: list[np.ndarray]) -> None:
     """Load arrays from `get_weights` back, in state_dict order, keeping each entry's dtype.
 
-    The tutorial's `torch.Tensor(v)` casts everything to float32, which corrupts integer
-    buffers such as BatchNorm's `num_batches_tracked`.
+    A cast of every array to float32 (`torch.Tensor(v)`) would corrupt integer buffers such
+    as BatchNorm's `num_batches_tracked`.
     """
     keys = list(model.state_dict().keys())
     if len(keys) != len(weights):
         raise ValueError(f"model has {len(keys)} state entries, got {len(weights)} arrays")
-    state = OrderedDict((k, torch.from_numpy(np.array(w, copy=True))) for k, w in zip(keys, weights))
+    state = OrderedDict(
+        (k, torch.from_numpy(np.array(w, copy=True))) for k, w in zip(keys, weights)
+    )
     model.load_state_dict(state, strict=True)

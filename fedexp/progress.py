@@ -4,6 +4,7 @@ Plain lines, never terminal control codes, so the same output reads well on a te
 in `main.log`, in a CI log and in a sweep's interleaved output. Each line carries the
 progress (round 3/10), the latest accuracies and an ETA for the rest of the run.
 """
+
 from __future__ import annotations
 
 import logging
@@ -13,13 +14,14 @@ from .callbacks import Callback
 log = logging.getLogger("fedexp")
 
 
-def _f(v, spec=".4f"):
+def number(v, spec=".4f") -> str:
+    """A loss or an accuracy as the progress lines show it: 4 decimals, "-" for none."""
     return "-" if v is None else format(v, spec)
 
 
 def duration(seconds: float) -> str:
     """45s, 1m20s, 2h05m."""
-    s = int(round(seconds))
+    s = round(seconds)
     if s < 60:
         return f"{s}s"
     if s < 3600:
@@ -51,18 +53,36 @@ def start_line(text: str) -> None:
 
 def round_line(r: dict, total: int, done: list[dict] | None = None) -> None:
     fails = f" ({r['fit_failures']} failed)" if r.get("fit_failures") else ""
-    log.info("round %d/%d | fit %d clients%s, train loss %s | eval %d clients, loss %s acc %s "
-             "| test loss %s acc %s | %.1fs%s",
-             r["round"], total, r["fit_clients"], fails, _f(r.get("train_loss")),
-             r["evaluate_clients"], _f(r.get("distributed_loss")),
-             _f(r.get("distributed_accuracy")), _f(r.get("test_loss")),
-             _f(r.get("test_accuracy")), r["seconds"], eta(done or [], total))
+    log.info(
+        "round %d/%d | fit %s%s, train loss %s | eval %s, loss %s acc %s "
+        "| test loss %s acc %s | %.1fs%s",
+        r["round"],
+        total,
+        count(r["fit_clients"], "client"),
+        fails,
+        number(r.get("train_loss")),
+        count(r["evaluate_clients"], "client"),
+        number(r.get("distributed_loss")),
+        number(r.get("distributed_accuracy")),
+        number(r.get("test_loss")),
+        number(r.get("test_accuracy")),
+        r["seconds"],
+        eta(done or [], total),
+    )
 
 
 def epoch_line(e: dict, total: int, done: list[dict] | None = None) -> None:
-    log.info("epoch %d/%d | train loss %s acc %s | val loss %s acc %s | %.1fs%s",
-             e["epoch"], total, _f(e["train_loss"]), _f(e["train_accuracy"]),
-             _f(e["val_loss"]), _f(e["val_accuracy"]), e["seconds"], eta(done or [], total))
+    log.info(
+        "epoch %d/%d | train loss %s acc %s | val loss %s acc %s | %.1fs%s",
+        e["epoch"],
+        total,
+        number(e["train_loss"]),
+        number(e["train_accuracy"]),
+        number(e["val_loss"]),
+        number(e["val_accuracy"]),
+        e["seconds"],
+        eta(done or [], total),
+    )
 
 
 class ProgressLines(Callback):
@@ -73,4 +93,8 @@ class ProgressLines(Callback):
         if run.mode == "federated":
             round_line(record, int(config.get("num_rounds", len(run.steps))), run.steps)
         else:
-            epoch_line(record, int((config.get("centralized") or {}).get("epochs", len(run.steps))), run.steps)
+            epoch_line(
+                record,
+                int((config.get("centralized") or {}).get("epochs", len(run.steps))),
+                run.steps,
+            )

@@ -10,8 +10,9 @@ writing a round costs the same at round 10 and at round 10,000 (a reader that re
 that write happens may see the file cut short, and reads it again: see `read_json`). The
 run ends with one of STATUSES. A run directory belongs to one run: the run claims it (CLAIM, created
 exclusively), and a directory that holds any run's output is never written into.
-The contract (documented in the README) may gain keys; existing keys are never renamed.
+The contract (docs/results.md) may gain keys; existing keys are never renamed.
 """
+
 from __future__ import annotations
 
 import csv
@@ -25,11 +26,24 @@ import threading
 import time
 from pathlib import Path
 
+from .errors import ResultsExistError
+
 log = logging.getLogger(__name__)
 
 STATUSES = ("running", "completed", "failed", "diverged", "interrupted")
 CLIENT_COLUMNS = ["round", "client", "examples", "loss", "accuracy"]
-STEP_KEY = {"federated": "rounds", "centralized": "epochs"}
+# The contract's steps by mode: the list that holds them, and the key that numbers each.
+STEPS = {"federated": ("rounds", "round"), "centralized": ("epochs", "epoch")}
+
+
+def steps_of(data: dict, mode: str | None = None) -> list[dict]:
+    """The rounds (federated) or epochs (centralized) of a results.json's `data`."""
+    return data.get(STEPS.get(mode or data.get("mode"), STEPS["federated"])[0]) or []
+
+
+def step_number(record: dict) -> int | None:
+    """A round's or an epoch's number."""
+    return record.get("round", record.get("epoch"))
 
 
 def is_timing_key(key: str) -> bool:
@@ -47,25 +61,22 @@ def without_timing(value):
     return value
 
 
-class ResultsExistError(RuntimeError):
-    """The run directory already holds another run's results."""
-
-
-class OutputError(RuntimeError):
-    """The run's files cannot be written (a full disk, a quota, a read-only file system)."""
-
-    @classmethod
-    def of(cls, error: OSError, run_dir) -> "OutputError":
-        where = f" ({Path(error.filename).name})" if error.filename else ""
-        return cls(f"cannot write the run's files in {run_dir}{where}: {error.strerror or error}")
-
-
 DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}  # what OutputError covers
 
 
 CLAIM = ".fedexp-run"  # created, exclusively, by the run a directory belongs to
-RUN_OUTPUTS = (CLAIM, "results.json", "model.pt", "metrics.csv", "clients.csv", "partitions.json",
-               "partitions.png", "results.png", "client_state", "checkpoints")
+RUN_OUTPUTS = (
+    CLAIM,
+    "results.json",
+    "model.pt",
+    "metrics.csv",
+    "clients.csv",
+    "partitions.json",
+    "partitions.png",
+    "results.png",
+    "client_state",
+    "checkpoints",
+)
 
 
 def outputs_in(run_dir: str | Path) -> list[str]:
@@ -90,9 +101,11 @@ def claim(run_dir: str | Path) -> None:
         fd = os.open(run_dir / CLAIM, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
         if _claimant(run_dir) != os.getpid():  # else: claimed by this process's command line
-            raise ResultsExistError(f"{run_dir} belongs to another fedexp run (it holds {CLAIM}); "
-                                    f"refusing to write into it (choose another hydra.run.dir, or leave "
-                                    f"it unset for a fresh directory)") from None
+            raise ResultsExistError(
+                f"{run_dir} belongs to another fedexp run (it holds {CLAIM}); "
+                f"refusing to write into it (choose another hydra.run.dir, or leave "
+                f"it unset for a fresh directory)"
+            ) from None
     else:
         with os.fdopen(fd, "w") as f:
             f.write(f"{os.getpid()}\n")
@@ -101,9 +114,11 @@ def claim(run_dir: str | Path) -> None:
     if others:
         if created:
             (run_dir / CLAIM).unlink()
-        raise ResultsExistError(f"{run_dir} already holds {others[0]} from another run; refusing to "
-                                f"write into it (choose another hydra.run.dir, or leave it unset for a "
-                                f"fresh directory)")
+        raise ResultsExistError(
+            f"{run_dir} already holds {others[0]} from another run; refusing to "
+            f"write into it (choose another hydra.run.dir, or leave it unset for a "
+            f"fresh directory)"
+        )
 
 
 def take_over(run_dir: str | Path) -> None:
@@ -113,8 +128,10 @@ def take_over(run_dir: str | Path) -> None:
     run_dir = Path(run_dir)
     owner = _claimant(run_dir)
     if owner is not None and owner != os.getpid() and pid_alive(owner):
-        raise ResultsExistError(f"{run_dir} is in use by a running fedexp (pid {owner}); "
-                                f"resume it once that process has ended")
+        raise ResultsExistError(
+            f"{run_dir} is in use by a running fedexp (pid {owner}); "
+            f"resume it once that process has ended"
+        )
     if owner != os.getpid():
         moved = run_dir / f"{CLAIM}.{os.getpid()}"
         try:
@@ -203,9 +220,16 @@ def read_json(path: Path, attempts: int = 5):
 class RunResults:
     """The record of one run, written to `run_dir` as it grows."""
 
-    def __init__(self, run_dir: str | Path, mode: str, info: dict | None = None,
-                 resume_after: int | None = None, callbacks=None, config: dict | None = None,
-                 sweep: str | None = None):
+    def __init__(
+        self,
+        run_dir: str | Path,
+        mode: str,
+        info: dict | None = None,
+        resume_after: int | None = None,
+        callbacks=None,
+        config: dict | None = None,
+        sweep: str | None = None,
+    ):
         """A new run's record; with `resume_after` R, the record of the run in `run_dir`
         continued after its step R (see resume.py): steps after R are dropped, since the
         resumed run computes them again from R's checkpoint. `callbacks` (fedexp.callbacks)
@@ -224,15 +248,23 @@ class RunResults:
         self._start = time.perf_counter()
         if resume_after is None:
             claim(self.dir)
-            self.data: dict = {"status": "running", "mode": mode, "wall_seconds": 0.0,
-                               STEP_KEY[mode]: [], "final": None, **(info or {})}
+            self.data: dict = {
+                "status": "running",
+                "mode": mode,
+                "wall_seconds": 0.0,
+                STEPS[mode][0]: [],
+                "final": None,
+                **(info or {}),
+            }
         else:
             take_over(self.dir)
             self.data = json.loads((self.dir / "results.json").read_text())
-            self.data[STEP_KEY[mode]] = [s for s in self.steps if s.get(STEP_KEY[mode][:-1], 0) <= resume_after]
+            self.data[STEPS[mode][0]] = [
+                s for s in self.steps if s.get(STEPS[mode][1], 0) <= resume_after
+            ]
             self.data.pop("error", None)
             self.data.update(status="running", final=None)
-            self.data["resumed_after"] = self.data.get("resumed_after", []) + [resume_after]
+            self.data["resumed_after"] = [*self.data.get("resumed_after", []), resume_after]
             self._start -= float(self.data.get("wall_seconds") or 0.0)
             self._drop_client_rows_after(resume_after)
         self.write()
@@ -251,7 +283,7 @@ class RunResults:
 
     @property
     def steps(self) -> list[dict]:
-        return self.data[STEP_KEY[self.mode]]
+        return self.data[STEPS[self.mode][0]]
 
     def add(self, record: dict) -> None:
         """Record a completed round or epoch (appended to results.json when nothing else in
@@ -259,8 +291,11 @@ class RunResults:
         the callbacks."""
         self.steps.append(dict(record))
         with self._lock:
-            appendable = (self._written is not None and self._written[1] == len(self.steps) - 1
-                          and self._written[0] == self._head(wall_seconds=False))
+            appendable = (
+                self._written is not None
+                and self._written[1] == len(self.steps) - 1
+                and self._written[0] == self._head(wall_seconds=False)
+            )
         if appendable:
             self._append()
         else:
@@ -277,9 +312,17 @@ class RunResults:
 
     def _head(self, wall_seconds: bool = True) -> str:
         """results.json's keys other than the steps, as the file writes them."""
-        key = STEP_KEY[self.mode]
-        return json.dumps(_clean({k: v for k, v in self.data.items() if k != key
-                                  and (wall_seconds or k != "wall_seconds")}), indent=2)
+        key = STEPS[self.mode][0]
+        return json.dumps(
+            _clean(
+                {
+                    k: v
+                    for k, v in self.data.items()
+                    if k != key and (wall_seconds or k != "wall_seconds")
+                }
+            ),
+            indent=2,
+        )
 
     def _append(self) -> None:
         with self._lock:
@@ -305,19 +348,25 @@ class RunResults:
         whole write costs copying the text, not encoding every round again."""
         with self._lock:  # rounds are recorded from Flower's server thread
             self.data["wall_seconds"] = round(time.perf_counter() - self._start, 3)
-            key, steps = STEP_KEY[self.mode], self.steps
-            del self._json_steps[len(steps) - 1:]
-            for step in steps[len(self._json_steps):]:
+            key, steps = STEPS[self.mode][0], self.steps
+            del self._json_steps[len(steps) - 1 :]
+            for step in steps[len(self._json_steps) :]:
                 self._json_steps.append(self._step_json(step))
             head = self._head()
             if self._json_steps:
-                text = f"{head[:-2]},\n  {json.dumps(key)}: [\n    " + ",\n    ".join(self._json_steps) + _JSON_END
+                text = (
+                    f"{head[:-2]},\n  {json.dumps(key)}: [\n    "
+                    + ",\n    ".join(self._json_steps)
+                    + _JSON_END
+                )
             else:
                 text = f"{head[:-2]},\n  {json.dumps(key)}: []\n}}\n"
             atomic_write(self.dir / "results.json", text)
             # Appending goes on from here only while the file ends with a step.
             self._json_tail = len(text.encode()) - len(_JSON_END) if self._json_steps else None
-            self._written = (self._head(wall_seconds=False), len(steps)) if self._json_steps else None
+            self._written = (
+                (self._head(wall_seconds=False), len(steps)) if self._json_steps else None
+            )
 
     @staticmethod
     def _step_json(step: dict) -> str:
@@ -360,7 +409,7 @@ class RunResults:
         import matplotlib.pyplot as plt
         from matplotlib.ticker import MaxNLocator
 
-        key = "round" if self.mode == "federated" else "epoch"
+        key = STEPS[self.mode][1]
         fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
         for ax, metric in zip(axes, ("accuracy", "loss")):
             for source, label in PLOT_SERIES[self.mode]:
@@ -379,7 +428,8 @@ class RunResults:
             ax.grid(alpha=0.3)
             if ax.get_legend_handles_labels()[0]:
                 ax.legend()
-        fig.suptitle(f"{self.mode} run, {self.data['status']}: {self._describe()}", fontsize=10)
+        title = f"{self.mode} run, {self.data['status']}: {self._describe()}"
+        fig.suptitle(fitted_title(title, fig), fontsize=10)
         fig.tight_layout()
         out = self.dir / "results.png"
         buffer = io.BytesIO()
@@ -387,7 +437,9 @@ class RunResults:
         plt.close(fig)
         try:
             atomic_write(out, buffer.getvalue())
-        except OSError as e:  # the results themselves are on disk: the picture is not worth a failed run
+        except (
+            OSError
+        ) as e:  # the results themselves are on disk: the picture is not worth a failed run
             log.warning("results.png not written: %s", e.strerror or e)
             return None
         return out
@@ -395,18 +447,37 @@ class RunResults:
     def _plot_all_clients(self, ax, key: str) -> None:
         """Every client's accuracy, where all clients were evaluated: the mean, the 10th
         percentile and the band from the worst to the best client."""
-        evaluated = [(s[key], s["all_clients"]) for s in self.steps
-                     if (s.get("all_clients") or {}).get("mean_accuracy") is not None]
+        evaluated = [
+            (s[key], s["all_clients"])
+            for s in self.steps
+            if (s.get("all_clients") or {}).get("mean_accuracy") is not None
+        ]
         if not evaluated:
             return
         x = [r for r, _ in evaluated]
         model = evaluated[0][1].get("model", "global")
-        ax.fill_between(x, [a["min_accuracy"] for _, a in evaluated], [a["max_accuracy"] for _, a in evaluated],
-                        alpha=0.15, color="tab:purple", label=f"all clients ({model} models): worst to best")
-        ax.plot(x, [a["mean_accuracy"] for _, a in evaluated], color="tab:purple", marker="s",
-                label="all clients: mean")
-        ax.plot(x, [a["p10_accuracy"] for _, a in evaluated], color="tab:purple", linestyle="--",
-                label="all clients: 10th percentile")
+        ax.fill_between(
+            x,
+            [a["min_accuracy"] for _, a in evaluated],
+            [a["max_accuracy"] for _, a in evaluated],
+            alpha=0.15,
+            color="tab:purple",
+            label=f"all clients ({model} models): worst to best",
+        )
+        ax.plot(
+            x,
+            [a["mean_accuracy"] for _, a in evaluated],
+            color="tab:purple",
+            marker="s",
+            label="all clients: mean",
+        )
+        ax.plot(
+            x,
+            [a["p10_accuracy"] for _, a in evaluated],
+            color="tab:purple",
+            linestyle="--",
+            label="all clients: 10th percentile",
+        )
 
     def _describe(self) -> str:
         """The run's command-line overrides (Hydra's snapshot), else its directory."""
@@ -414,17 +485,39 @@ class RunResults:
         if overrides.is_file():
             import yaml
 
-            shown = [o for o in yaml.safe_load(overrides.read_text()) or [] if not o.startswith("hydra.")]
+            shown = [
+                o for o in yaml.safe_load(overrides.read_text()) or [] if not o.startswith("hydra.")
+            ]
             if shown:
                 return " ".join(shown)
         return str(self.dir)
 
 
+def fitted_title(text: str, fig, max_lines: int = 3) -> str:
+    """`text` in lines as wide as `fig` (long paths broken too), at most `max_lines` of
+    them, the last ending in "..." if cut: a title that would run off both edges of the
+    picture otherwise."""
+    import textwrap
+
+    width = int(fig.get_figwidth() * fig.dpi / 8)  # characters of a 10 pt font, with margin
+    lines = textwrap.wrap(text, width, break_long_words=True, break_on_hyphens=False)
+    if len(lines) > max_lines:
+        lines = [*lines[: max_lines - 1], lines[max_lines - 1][: width - 3] + "..."]
+    return "\n".join(lines)
+
+
 # Per mode: (record key prefix, legend label) of the curves in results.png.
 PLOT_SERIES = {
-    "federated": [("test", "test set (global model)"), ("distributed", "clients' validation"),
-                  ("train", "clients' training")],
-    "centralized": [("val", "validation"), ("train", "training"), ("test", "test set (final model)")],
+    "federated": [
+        ("test", "test set (global model)"),
+        ("distributed", "clients' validation"),
+        ("train", "clients' training"),
+    ],
+    "centralized": [
+        ("val", "validation"),
+        ("train", "training"),
+        ("test", "test set (final model)"),
+    ],
 }
 
 
@@ -436,7 +529,14 @@ def record_failure(run_dir: str | Path, mode: str, error: str, info: dict | None
     if path.exists():
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = {"status": "failed", "mode": mode, "wall_seconds": 0.0,
-            STEP_KEY.get(mode, "rounds"): [], "final": None, **(info or {}), "error": error}
+    data = {
+        "status": "failed",
+        "mode": mode,
+        "wall_seconds": 0.0,
+        STEPS.get(mode, STEPS["federated"])[0]: [],
+        "final": None,
+        **(info or {}),
+        "error": error,
+    }
     atomic_write(path, json.dumps(_clean(data), indent=2) + "\n")
     return True

@@ -14,6 +14,7 @@ DIR is a run directory or a sweep directory (one holding Hydra's multirun.yaml).
 `plan` turns the command line into Hydra's; `starting_point` decides, inside a job, what
 that job does. The two talk through RESUME_ENV.
 """
+
 from __future__ import annotations
 
 import logging
@@ -25,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import checkpoints
 from .checks import ConfigError
-from .results import read_json
+from .results import read_json, steps_of
 
 log = logging.getLogger("fedexp")
 
@@ -72,45 +73,79 @@ def plan(argv: list[str]) -> Plan:
     bad = [o for o in given if _key(o) not in MAY_CHANGE]
     if bad or [f for f in flags if f not in ("-m", "--multirun")]:
         what = bad[0] if bad else flags[0]
-        return Plan(problem=f"resume={target} continues the run as it was recorded, so {what} cannot be "
-                            f"given (only {', '.join(MAY_CHANGE)} may change; num_rounds may grow)")
+        return Plan(
+            problem=f"resume={target} continues the run as it was recorded, so {what} cannot be "
+            f"given (only {', '.join(MAY_CHANGE)} may change; num_rounds may grow)"
+        )
     rounds = [o.partition("=")[2] for o in given if _key(o) == "num_rounds"]
     if rounds and not (rounds[0].isdigit() and int(rounds[0]) >= 1):
         return Plan(problem=f"num_rounds={rounds[0]} is not allowed: an integer >= 1")
     if (target / "multirun.yaml").is_file():
         sweep = OmegaConf.load(target / "multirun.yaml").hydra
-        hydra_overrides = [o for o in sweep.overrides.hydra
-                           if _key(o) not in ("hydra.sweep.dir", "hydra.mode", "hydra.run.dir")]
-        if any(_key(o) in ("hydra/sweeper", "hparams_search") for o in [*hydra_overrides, *sweep.overrides.task]):
-            return Plan(problem=f"resume={target}: this sweep used a sweeper plugin, whose jobs may differ "
-                                f"between runs; only sweeps of Hydra's basic sweeper can be resumed")
-        return Plan(argv=["-m", *_with(list(sweep.overrides.task), given), *hydra_overrides,
-                          f"hydra.sweep.dir={target}"], env=SWEEP)
-    if not (target / ".hydra" / "overrides.yaml").is_file() or not (target / "results.json").is_file():
-        return Plan(problem=f"resume={target}: not a fedexp run or sweep directory (it needs .hydra/overrides.yaml "
-                            f"and results.json, or multirun.yaml)")
+        hydra_overrides = [
+            o
+            for o in sweep.overrides.hydra
+            if _key(o) not in ("hydra.sweep.dir", "hydra.mode", "hydra.run.dir")
+        ]
+        if any(
+            _key(o) in ("hydra/sweeper", "hparams_search")
+            for o in [*hydra_overrides, *sweep.overrides.task]
+        ):
+            return Plan(
+                problem=f"resume={target}: this sweep used a sweeper plugin, whose jobs may differ "
+                f"between runs; only sweeps of Hydra's basic sweeper can be resumed"
+            )
+        return Plan(
+            argv=[
+                "-m",
+                *_with(list(sweep.overrides.task), given),
+                *hydra_overrides,
+                f"hydra.sweep.dir={target}",
+            ],
+            env=SWEEP,
+        )
+    if (
+        not (target / ".hydra" / "overrides.yaml").is_file()
+        or not (target / "results.json").is_file()
+    ):
+        return Plan(
+            problem=f"resume={target}: not a fedexp run or sweep directory (it needs .hydra/overrides.yaml "
+            f"and results.json, or multirun.yaml)"
+        )
     try:
         data = read_json(target / "results.json")
         recorded_cfg = OmegaConf.load(target / ".hydra" / "config.yaml")
     except (OSError, ValueError) as e:
-        return Plan(problem=f"resume={target}: its results.json or .hydra/config.yaml cannot be read: {e}")
+        return Plan(
+            problem=f"resume={target}: its results.json or .hydra/config.yaml cannot be read: {e}"
+        )
     done = len(data.get("rounds") or [])
     wanted = int(rounds[0]) if rounds else int(recorded_cfg.num_rounds)
     if recorded_cfg.get("mode") != "federated":
-        return Plan(problem=f"resume={target}: only federated runs can be resumed (a centralized run "
-                            f"keeps no checkpoint; start it again)")
+        return Plan(
+            problem=f"resume={target}: only federated runs can be resumed (a centralized run "
+            f"keeps no checkpoint; start it again)"
+        )
     if wanted < done:
-        return Plan(problem=f"num_rounds={wanted} is not allowed with resume={target}: it completed {done} "
-                            f"rounds already")
+        return Plan(
+            problem=f"num_rounds={wanted} is not allowed with resume={target}: it completed {done} "
+            f"rounds already"
+        )
     if data.get("status") == "completed" and wanted <= done:
-        return Plan(nothing_left=f"{target} completed its {done} rounds: nothing left to do "
-                                 f"(num_rounds=N with N > {done} extends it)")
+        return Plan(
+            nothing_left=f"{target} completed its {done} rounds: nothing left to do "
+            f"(num_rounds=N with N > {done} extends it)"
+        )
     if done and not checkpoints.steps(target):
-        return Plan(problem=f"resume={target}: it has no checkpoint to continue from (it ran with "
-                            f"checkpoint.keep=0)")
+        return Plan(
+            problem=f"resume={target}: it has no checkpoint to continue from (it ran with "
+            f"checkpoint.keep=0)"
+        )
     recorded = yaml.safe_load((target / ".hydra" / "overrides.yaml").read_text()) or []
-    return Plan(argv=[*_with(recorded, given), f"hydra.run.dir={target}", "hydra.output_subdir=null"],
-                env=str(target.resolve()))
+    return Plan(
+        argv=[*_with(recorded, given), f"hydra.run.dir={target}", "hydra.output_subdir=null"],
+        env=str(target.resolve()),
+    )
 
 
 def requested_for(run_dir: str) -> bool:
@@ -141,24 +176,38 @@ def starting_point(cfg: DictConfig, run_dir: str) -> Start:
     run_dir = Path(run_dir)
     results = run_dir / "results.json"
     if not results.is_file():
-        if [name for name in outputs_in(run_dir) if name not in (CLAIM, "partitions.json", "partitions.png")]:
-            raise ConfigError(f"resume: {run_dir} holds run files but no results.json; move them away to start it again")
+        if [
+            name
+            for name in outputs_in(run_dir)
+            if name not in (CLAIM, "partitions.json", "partitions.png")
+        ]:
+            raise ConfigError(
+                f"resume: {run_dir} holds run files but no results.json; move them away to start it again"
+            )
         return Start(after=0) if outputs_in(run_dir) else Start()
     data = read_json(results)
-    steps = data.get("rounds") or data.get("epochs") or []
-    if data.get("status") == "completed" and len(steps) >= int(cfg.get("num_rounds", 0)) and cfg.mode == "federated":
+    steps = steps_of(data)
+    if (
+        data.get("status") == "completed"
+        and len(steps) >= int(cfg.get("num_rounds", 0))
+        and cfg.mode == "federated"
+    ):
         log.info("resume: %s completed its %d rounds before; skipped", run_dir, len(steps))
         return Start(skip=data)
     if cfg.mode != "federated":
         if steps:
-            raise ConfigError(f"resume: {run_dir} is a centralized run, which keeps no checkpoint; "
-                              f"start it again in a new directory")
+            raise ConfigError(
+                f"resume: {run_dir} is a centralized run, which keeps no checkpoint; "
+                f"start it again in a new directory"
+            )
         return Start(after=0)
     _check_client_state_kept(cfg, run_dir)
     saved = checkpoints.newest(run_dir)
     if saved is None:
         if steps:
-            raise ConfigError(f"resume: {run_dir} has no checkpoint to continue from (checkpoint.keep=0)")
+            raise ConfigError(
+                f"resume: {run_dir} has no checkpoint to continue from (checkpoint.keep=0)"
+            )
         return Start(after=0)
     _check_same_experiment(cfg, saved["config"], run_dir)
     return Start(after=int(saved["step"]), checkpoint=saved)
@@ -172,9 +221,11 @@ def _check_client_state_kept(cfg: DictConfig, run_dir: Path) -> None:
     where = cfg.simulation.get("client_state", "auto")
     in_memory = where == "memory" or (where == "auto" and cfg.simulation.get("ray_address"))
     if node and in_memory and getattr(get_class(node._target_), "keeps_state", False):
-        raise ConfigError(f"resume: the clients of {node._target_} keep state between rounds, which "
-                          f"{run_dir} kept in memory (simulation.client_state={where}), so it is lost; "
-                          f"the run cannot continue exactly")
+        raise ConfigError(
+            f"resume: the clients of {node._target_} keep state between rounds, which "
+            f"{run_dir} kept in memory (simulation.client_state={where}), so it is lost; "
+            f"the run cannot continue exactly"
+        )
 
 
 def _check_same_experiment(cfg: DictConfig, recorded: dict, run_dir: Path) -> None:
@@ -185,14 +236,20 @@ def _check_same_experiment(cfg: DictConfig, recorded: dict, run_dir: Path) -> No
     difference = _first_difference(now, recorded)
     if difference is not None:
         key, value, before = difference
-        raise ConfigError(f"resume: {key} is {value!r} now but {before!r} in the checkpoint of {run_dir} "
-                          f"(conf/ changed since the run); resuming would not continue the same experiment")
+        raise ConfigError(
+            f"resume: {key} is {value!r} now but {before!r} in the checkpoint of {run_dir} "
+            f"(conf/ changed since the run); resuming would not continue the same experiment"
+        )
 
 
 def _first_difference(a, b, path: str = ""):
     if isinstance(a, dict) and isinstance(b, dict):
         for key in sorted(set(a) | set(b), key=str):
-            found = _first_difference(a.get(key, "<absent>"), b.get(key, "<absent>"), f"{path}.{key}" if path else str(key))
+            found = _first_difference(
+                a.get(key, "<absent>"),
+                b.get(key, "<absent>"),
+                f"{path}.{key}" if path else str(key),
+            )
             if found is not None:
                 return found
         return None

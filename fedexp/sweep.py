@@ -7,6 +7,7 @@ a multirun a failed job is recorded in its own results.json (`status: "failed"` 
 error), reported in one line, and the sweep goes on. When the sweep ends, `SweepSummary`
 says how many jobs failed and exits with status 1 if any did.
 """
+
 from __future__ import annotations
 
 import logging
@@ -19,14 +20,10 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from .checks import ConfigError
-from .data import DatasetError
-from .results import OutputError, ResultsExistError, read_json, record_failure
+from .errors import USER_ERRORS, ResultsExistError
+from .results import read_json, record_failure
 
 log = logging.getLogger("fedexp")
-
-# Errors whose message says everything: no traceback for these.
-USER_ERRORS = (ConfigError, DatasetError, ResultsExistError, OutputError)
 
 
 def first_line(text: str, limit: int = 200) -> str:
@@ -75,9 +72,13 @@ class SweepRay(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         launcher = config.hydra.launcher.get("_target_")
         simulation = config.get("simulation") or {}
-        if (launcher not in CONCURRENT_LAUNCHERS or simulation.get("ray_address")
-                or simulation.get("backend") == "inline"
-                or config.get("mode") != "federated" or config.get("dry_run")):
+        if (
+            launcher not in CONCURRENT_LAUNCHERS
+            or simulation.get("ray_address")
+            or simulation.get("backend") == "inline"
+            or config.get("mode") != "federated"
+            or config.get("dry_run")
+        ):
             return
         n_jobs = int(config.hydra.launcher.get(CONCURRENT_LAUNCHERS[launcher]) or 1)
         if n_jobs < 0:  # joblib's convention: -1 all CPUs, -2 all but one, ...
@@ -100,17 +101,24 @@ def record_failed_job(cfg: DictConfig, run_dir: str, error: BaseException) -> No
     wrote = record_failure(run_dir, str(cfg.get("mode")), message, {"seed": cfg.get("seed")})
     if not isinstance(error, USER_ERRORS):
         log.error("job crashed:", exc_info=error)
-    where = (f"recorded in {Path(run_dir) / 'results.json'}" if wrote or
-             not isinstance(error, ResultsExistError) else "nothing written")
-    print(f"fedexp: error in job {HydraConfig.get().job.num}: {first_line(error)} ({where}; "
-          f"the sweep goes on)",
-          file=sys.stderr)
+    where = (
+        f"recorded in {Path(run_dir) / 'results.json'}"
+        if wrote or not isinstance(error, ResultsExistError)
+        else "nothing written"
+    )
+    print(
+        f"fedexp: error in job {HydraConfig.get().job.num}: {first_line(error)} ({where}; "
+        f"the sweep goes on)",
+        file=sys.stderr,
+    )
 
 
 def job_statuses(sweep_dir: Path) -> list[tuple[Path, str, str | None]]:
     """(job directory, status, error) of every job under `sweep_dir`, in job order."""
-    jobs = sorted((p.parent for p in sweep_dir.rglob(".hydra") if p.is_dir()),
-                  key=lambda d: [int(t) if t.isdigit() else t for t in d.relative_to(sweep_dir).parts])
+    jobs = sorted(
+        (p.parent for p in sweep_dir.rglob(".hydra") if p.is_dir()),
+        key=lambda d: [int(t) if t.isdigit() else t for t in d.relative_to(sweep_dir).parts],
+    )
     out = []
     for job in jobs:
         try:
@@ -129,14 +137,19 @@ class SweepSummary(Callback):
         jobs = job_statuses(sweep_dir)
         if config.get("dry_run"):  # dry runs write no results.json: a job that failed did
             failed = [job for job, status, _ in jobs if status != "no results.json"]
-            print(f"sweep (dry run): {len(jobs) - len(failed)} of {len(jobs)} jobs passed -> {sweep_dir}")
+            print(
+                f"sweep (dry run): {len(jobs) - len(failed)} of {len(jobs)} jobs passed -> {sweep_dir}"
+            )
             if failed:
                 sys.exit(1)
             return
         bad = [(job, status, error) for job, status, error in jobs if status != "completed"]
         print(f"sweep: {len(jobs) - len(bad)} of {len(jobs)} jobs completed -> {sweep_dir}")
         for job, status, error in bad:
-            print(f"  job {job.relative_to(sweep_dir)}: {status}" + (f": {first_line(error)}" if error else ""))
+            print(
+                f"  job {job.relative_to(sweep_dir)}: {status}"
+                + (f": {first_line(error)}" if error else "")
+            )
         print(f"compare them: fedexp-compare {sweep_dir}")
         if bad:
             sys.exit(1)

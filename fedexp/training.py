@@ -9,6 +9,7 @@ What a federated method changes in local training (an extra loss term, a gradien
 correction) comes in through `TrainingHooks`, so the loop itself stays the same for every
 method and for the centralized baseline.
 """
+
 from __future__ import annotations
 
 import math
@@ -57,7 +58,7 @@ class BatchAugment:
         self._tables: dict[int, torch.Tensor] = {}
 
     @classmethod
-    def from_config(cls, node) -> "BatchAugment | None":
+    def from_config(cls, node) -> BatchAugment | None:
         """The augmentation a dataset's `augment` settings ask for, or None for none."""
         if not node:
             return None
@@ -69,7 +70,11 @@ class BatchAugment:
         if size not in self._tables:
             pad, last = self.pad, size - 1
             self._tables[size] = torch.tensor(
-                [abs(r - pad) if r - pad <= last else 2 * last - (r - pad) for r in range(size + 2 * pad)])
+                [
+                    abs(r - pad) if r - pad <= last else 2 * last - (r - pad)
+                    for r in range(size + 2 * pad)
+                ]
+            )
         return self._tables[size]
 
     def __call__(self, xb: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -129,10 +134,21 @@ def _is_classification(y: torch.Tensor) -> bool:
     return not torch.is_floating_point(y)
 
 
-def train(model: nn.Module, x, y, indices: np.ndarray, *, epochs: int, batch_size: int,
-          optimizer: torch.optim.Optimizer, normalize: Normalizer, generator: torch.Generator,
-          criterion: Callable = F.cross_entropy, augment: BatchAugment | None = None,
-          hooks: TrainingHooks = _NO_HOOKS) -> dict:
+def train(
+    model: nn.Module,
+    x,
+    y,
+    indices: np.ndarray,
+    *,
+    epochs: int,
+    batch_size: int,
+    optimizer: torch.optim.Optimizer,
+    normalize: Normalizer,
+    generator: torch.Generator,
+    criterion: Callable = F.cross_entropy,
+    augment: BatchAugment | None = None,
+    hooks: TrainingHooks = _NO_HOOKS,
+) -> dict:
     """Train in place for `epochs` passes over `indices`; return the mean loss, accuracy
     (classification only), examples and the number of optimizer steps taken."""
     x, y = _as_tensor(x), _as_tensor(y)
@@ -143,7 +159,7 @@ def train(model: nn.Module, x, y, indices: np.ndarray, *, epochs: int, batch_siz
     if len(idx) % batch_size == 1 and len(starts) > 1 and _has_batch_norm(model):
         # BatchNorm cannot normalise a batch of one example: it joins the batch before it.
         starts.pop()
-    ends = starts[1:] + [len(idx)]
+    ends = [*starts[1:], len(idx)]
     total_loss, correct, seen, steps = 0.0, 0, 0, 0
     for _ in range(epochs):
         order = idx[torch.randperm(len(idx), generator=generator)]
@@ -168,13 +184,25 @@ def train(model: nn.Module, x, y, indices: np.ndarray, *, epochs: int, batch_siz
             if classify:
                 correct += int((out.argmax(1) == yb).sum())
             seen += len(b)
-    return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1) if classify else None,
-            "examples": len(idx), "steps": steps}
+    return {
+        "loss": total_loss / max(seen, 1),
+        "accuracy": correct / max(seen, 1) if classify else None,
+        "examples": len(idx),
+        "steps": steps,
+    }
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x, y, indices: np.ndarray | None, *, batch_size: int,
-             normalize: Normalizer, criterion: Callable = F.cross_entropy) -> dict:
+def evaluate(
+    model: nn.Module,
+    x,
+    y,
+    indices: np.ndarray | None,
+    *,
+    batch_size: int,
+    normalize: Normalizer,
+    criterion: Callable = F.cross_entropy,
+) -> dict:
     """Mean loss per example and accuracy (classification only) over `indices` (all when None)."""
     x, y = _as_tensor(x), _as_tensor(y)
     n = len(y) if indices is None else len(indices)
@@ -186,9 +214,9 @@ def evaluate(model: nn.Module, x, y, indices: np.ndarray | None, *, batch_size: 
     total_loss, correct = 0.0, 0
     for start in range(0, n, batch_size):
         if idx is None:
-            xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+            xb, yb = x[start : start + batch_size], y[start : start + batch_size]
         else:
-            b = idx[start:start + batch_size]
+            b = idx[start : start + batch_size]
             xb, yb = x[b], y[b]
         yb = yb.to(normalize.device)
         out = model(normalize(xb))
@@ -205,5 +233,7 @@ def first_steps() -> None:
     model = torch.nn.Linear(4, 2)
     for make in (torch.optim.Adam, torch.optim.SGD):
         optimizer = make(model.parameters(), lr=0.1)
-        torch.nn.functional.cross_entropy(model(torch.zeros(3, 4)), torch.zeros(3, dtype=torch.long)).backward()
+        torch.nn.functional.cross_entropy(
+            model(torch.zeros(3, 4)), torch.zeros(3, dtype=torch.long)
+        ).backward()
         optimizer.step()

@@ -1,4 +1,5 @@
 """What both run modes share: the data, its partitions, the device and seeded models."""
+
 from __future__ import annotations
 
 import logging
@@ -12,10 +13,11 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from .checks import ConfigError, check_data, check_partitions, partitioner_name
+from .checks import ConfigError, check_data, check_partitions
 from .data import DatasetError, ImageData, Partitions, partition
+from .data.partitioners import partitioner_name, rules
 from .models import set_weights
-from .training import BatchAugment, Normalizer
+from .training import BatchAugment, Normalizer, evaluate
 
 
 def loss_from(cfg) -> Callable:
@@ -49,7 +51,7 @@ class Workload:
     device: torch.device
 
     @classmethod
-    def build(cls, cfg: DictConfig) -> "Workload":
+    def build(cls, cfg: DictConfig) -> Workload:
         """Load and partition the data; the checks that need it run here, before Ray."""
         try:
             data = instantiate(cfg.dataset.loader)
@@ -74,6 +76,18 @@ class Workload:
     def augment(self) -> BatchAugment | None:
         return BatchAugment.from_config(self.cfg.dataset.get("augment"))
 
+    def test(self, model: torch.nn.Module) -> dict:
+        """`model`'s loss and accuracy on the server's test set."""
+        return evaluate(
+            model,
+            self.data.x_test,
+            self.data.y_test,
+            None,
+            batch_size=self.cfg.eval_batch_size,
+            normalize=self.normalizer(),
+            criterion=self.criterion(),
+        )
+
 
 def _partition(cfg: DictConfig, data: ImageData) -> Partitions:
     """Run the configured flwr-datasets partitioner; its ValueErrors (settings it cannot
@@ -84,26 +98,31 @@ def _partition(cfg: DictConfig, data: ImageData) -> Partitions:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             partitioner = instantiate(cfg.partitioning.partitioner)
-            parts = partition(data.y_train, partitioner, cfg.partitioning.val_fraction, cfg.seed,
-                              shuffle=cfg.partitioning.get("shuffle", True))
+            parts = partition(
+                data.y_train,
+                partitioner,
+                cfg.partitioning.val_fraction,
+                cfg.seed,
+                shuffle=cfg.partitioning.get("shuffle", True),
+            )
     except (InstantiationException, ValueError, TypeError) as e:
         cause = e.__cause__ if isinstance(e, InstantiationException) and e.__cause__ else e
-        part = cfg.partitioning.partitioner
-        if name == "DirichletPartitioner" and "attempts" in str(cause):
-            m = part.get("min_partition_size", 10)
-            raise ConfigError(
-                f"partitioning.partitioner.min_partition_size={m} is not allowed with alpha="
-                f"{part.alpha}: DirichletPartitioner could not give each of num_clients="
-                f"{cfg.num_clients} clients {m} examples in 10 samplings (raise alpha, or lower "
-                f"min_partition_size or num_clients)") from None
-        raise ConfigError(f"partitioning.partitioner ({name}) cannot split the {len(data.y_train)} "
-                          f"training examples of dataset={cfg.dataset.name} among num_clients="
-                          f"{cfg.num_clients} with these settings: {cause}") from None
+        explained = rules(cfg).explain(cfg, cause)
+        if explained:
+            raise ConfigError(explained) from None
+        raise ConfigError(
+            f"partitioning.partitioner ({name}) cannot split the {len(data.y_train)} "
+            f"training examples of dataset={cfg.dataset.name} among num_clients="
+            f"{cfg.num_clients} with these settings: {cause}"
+        ) from None
     retries = [w for w in caught if "min_partition_size" in str(w.message)]
     if retries:
         logging.getLogger("fedexp").warning(
             "%s sampled %d times before every client got min_partition_size=%s examples",
-            name, len(retries) + 1, cfg.partitioning.partitioner.get("min_partition_size"))
+            name,
+            len(retries) + 1,
+            cfg.partitioning.partitioner.get("min_partition_size"),
+        )
     for w in caught:
         if w not in retries:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)

@@ -1,6 +1,8 @@
 """Shared test helpers: composing fedexp's real config, running the real CLI, one Ray cluster."""
+
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -29,14 +31,25 @@ torch.set_num_threads(1)
 # Modules whose tests start Ray or fedexp processes: all of them are `slow`. Tests that use
 # the session's Ray cluster are marked too (pytest_collection_modifyitems), so that
 # `python -m pytest -m "not slow"` is the fast tier.
-SLOW_MODULES = {"test_sweeps", "test_cluster", "test_runs", "test_engine_start",
-                "test_interrupts_and_divergence", "test_install", "test_faults_runs", "test_run_dirs"}
+SLOW_MODULES = {
+    "test_sweeps",
+    "test_cluster",
+    "test_runs",
+    "test_engine_start",
+    "test_interrupts_and_divergence",
+    "test_install",
+    "test_faults_runs",
+    "test_run_dirs",
+}
 
 
 def pytest_collection_modifyitems(items):
     for item in items:
-        if (item.module.__name__ in SLOW_MODULES
-                or {"ray_cluster", "run_on_cluster", "run_inline"} & set(getattr(item, "fixturenames", ()))):
+        if item.module.__name__ in SLOW_MODULES or {
+            "ray_cluster",
+            "run_on_cluster",
+            "run_inline",
+        } & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
 
 
@@ -56,8 +69,14 @@ def run_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.Completed
     """Run `python -m fedexp ARGS` in `cwd`, as a user would from a shell."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return subprocess.run([sys.executable, "-m", "fedexp", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "fedexp", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture
@@ -125,10 +144,24 @@ def ray_cluster():
     temp = tempfile.mkdtemp(prefix="fxray", dir="/tmp")  # short: Ray's socket paths are limited
     env = dict(os.environ, RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO="0")
     head = subprocess.Popen(
-        [shutil.which("ray") or "ray", "start", "--head", "--block", f"--port={port}",
-         "--node-ip-address=127.0.0.1", "--num-cpus=2", "--num-gpus=0",
-         "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"],
-        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            shutil.which("ray") or "ray",
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            "--node-ip-address=127.0.0.1",
+            "--num-cpus=2",
+            "--num-gpus=0",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            f"--temp-dir={temp}",
+        ],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     address = f"127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -142,10 +175,8 @@ def ray_cluster():
             os.killpg(head.pid, signal.SIGTERM)
             head.wait(timeout=60)
         except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(head.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         shutil.rmtree(temp, ignore_errors=True)
 
 

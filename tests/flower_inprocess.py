@@ -9,6 +9,7 @@ its node), so a strategy round costs about a second instead of a Ray start, and 
 look inside a client. End-to-end runs through Ray are in test_reproducibility.py and
 test_runs.py.
 """
+
 from __future__ import annotations
 
 from flwr.common import Code, DisconnectRes, GetPropertiesRes, RecordDict, Status
@@ -48,8 +49,14 @@ class DirectProxy(ClientProxy):
         return DisconnectRes("")
 
 
-def run(cfg, client_cls=FedexpClient, client_cfg: dict | None = None, work: Workload | None = None,
-        state_dir=None, client_rows: list | None = None):
+def run(
+    cfg,
+    client_cls=FedexpClient,
+    client_cfg: dict | None = None,
+    work: Workload | None = None,
+    state_dir=None,
+    client_rows: list | None = None,
+):
     """Run `cfg`'s federated experiment; return (ServerStrategy, list of round records,
     the clients' proxies, each with its `state`).
 
@@ -61,20 +68,39 @@ def run(cfg, client_cls=FedexpClient, client_cfg: dict | None = None, work: Work
     model = work.new_model()
     manager = PartitionClientManager(cfg.seed)
     rounds: list[dict] = []
-    strategy = ServerStrategy(build_strategy(work, model), manager, lambda r: rounds.append(dict(r)),
-                              seed=cfg.seed, layout=ModelLayout.of(model),
-                              all_clients=all_clients_evaluation(cfg),
-                              on_clients=(client_rows if client_rows is not None else []).extend)
-    spec = ClientSpec(cfg=client_cfg or OmegaConf.to_container(cfg, resolve=True), data_ref=None,
-                      device="cpu", threads=1, state_dir=str(state_dir) if state_dir else None)
-    data = {"x": work.data.x_train, "y": work.data.y_train, "train": work.parts.train, "val": work.parts.val}
+    strategy = ServerStrategy(
+        build_strategy(work, model),
+        manager,
+        lambda r: rounds.append(dict(r)),
+        seed=cfg.seed,
+        layout=ModelLayout.of(model),
+        all_clients=all_clients_evaluation(cfg),
+        on_clients=(client_rows if client_rows is not None else []).extend,
+    )
+    spec = ClientSpec(
+        cfg=client_cfg or OmegaConf.to_container(cfg, resolve=True),
+        data_ref=None,
+        device="cpu",
+        threads=1,
+        state_dir=str(state_dir) if state_dir else None,
+    )
+    data = {
+        "x": work.data.x_train,
+        "y": work.data.y_train,
+        "train": work.parts.train,
+        "val": work.parts.val,
+    }
     proxies = []
     for i in range(cfg.num_clients):
         # Flower's node ids are large random integers; the manager orders them numerically.
         # Flower calls the clients from a thread pool: each gets its own kit (model), as
         # each Ray worker has its own.
         kit = ClientKit.build(spec.cfg, work.device)
-        proxies.append(DirectProxy(str(1000 + 7 * i), lambda state, kit=kit: client_cls(spec, data, kit, state)))
+        proxies.append(
+            DirectProxy(
+                str(1000 + 7 * i), lambda state, kit=kit: client_cls(spec, data, kit, state)
+            )
+        )
         manager.register(proxies[-1])
     Server(client_manager=manager, strategy=strategy).fit(num_rounds=cfg.num_rounds, timeout=None)
     return strategy, rounds, proxies

@@ -7,6 +7,7 @@ control variate it found in its state and of the one it left there. RecordingCli
 (FedAvg's client) logs which worker process, of which Ray job (driver), ran each fit, and
 when. CrashingClient's worker process dies in client 0's fit, as one killed for memory.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -15,8 +16,8 @@ import os
 import time
 from pathlib import Path
 
-from fedexp.federated.methods.ditto import STATE_KEY as PERSONAL
 from fedexp.federated.methods.base import ClientMethod
+from fedexp.federated.methods.ditto import STATE_KEY as PERSONAL
 from fedexp.federated.methods.ditto import DittoClient
 from fedexp.federated.methods.scaffold import STATE_KEY, ScaffoldClient
 from fedexp.models import get_weights
@@ -30,7 +31,11 @@ def append(log_dir: Path, line: dict) -> None:
 
 def logged(log_dir: Path) -> list[dict]:
     """Every line the workers logged in `log_dir`."""
-    return [json.loads(line) for f in Path(log_dir).glob("*.jsonl") for line in f.read_text().splitlines()]
+    return [
+        json.loads(line)
+        for f in Path(log_dir).glob("*.jsonl")
+        for line in f.read_text().splitlines()
+    ]
 
 
 def digest(arrays) -> str | None:
@@ -51,9 +56,16 @@ class RecordingClient(ClientMethod):
         sent = super().after_fit(fit)
         import ray
 
-        append(self.log_dir, {"pid": os.getpid(), "ray_job": ray.get_runtime_context().get_job_id(),
-                              "partition": int(fit.config["partition_id"]),
-                              "start": self.start, "end": time.time()})
+        append(
+            self.log_dir,
+            {
+                "pid": os.getpid(),
+                "ray_job": ray.get_runtime_context().get_job_id(),
+                "partition": int(fit.config["partition_id"]),
+                "start": self.start,
+                "end": time.time(),
+            },
+        )
         return sent
 
 
@@ -77,9 +89,13 @@ class RecordingScaffoldClient(ScaffoldClient):
 
     def after_fit(self, fit):
         sent = super().after_fit(fit)
-        line = {"partition": int(fit.config["partition_id"]), "round": int(fit.config["server_round"]),
-                "found": self.found, "left": digest(fit.state.get(STATE_KEY)),
-                "nonzero": bool(any(a.any() for a in fit.state.get(STATE_KEY)))}
+        line = {
+            "partition": int(fit.config["partition_id"]),
+            "round": int(fit.config["server_round"]),
+            "found": self.found,
+            "left": digest(fit.state.get(STATE_KEY)),
+            "nonzero": bool(any(a.any() for a in fit.state.get(STATE_KEY))),
+        }
         append(self.log_dir, line)
         return sent
 
@@ -93,13 +109,27 @@ class RecordingDittoClient(DittoClient):
 
     def after_fit(self, fit):
         sent = super().after_fit(fit)
-        append(self.log_dir, {"kind": "fit", "partition": int(fit.config["partition_id"]),
-                   "round": int(fit.config["server_round"]), "personal": digest(fit.state.get(PERSONAL))})
+        append(
+            self.log_dir,
+            {
+                "kind": "fit",
+                "partition": int(fit.config["partition_id"]),
+                "round": int(fit.config["server_round"]),
+                "personal": digest(fit.state.get(PERSONAL)),
+            },
+        )
         return sent
 
     def before_evaluate(self, evaluation):
         received = digest(get_weights(evaluation.model))
         super().before_evaluate(evaluation)
-        append(self.log_dir, {"kind": "evaluate", "partition": int(evaluation.config["partition_id"]),
-                   "round": int(evaluation.config["server_round"]), "global": received,
-                   "evaluated": digest(get_weights(evaluation.model))})
+        append(
+            self.log_dir,
+            {
+                "kind": "evaluate",
+                "partition": int(evaluation.config["partition_id"]),
+                "round": int(evaluation.config["server_round"]),
+                "global": received,
+                "evaluated": digest(get_weights(evaluation.model)),
+            },
+        )

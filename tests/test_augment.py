@@ -11,6 +11,7 @@ Brute-force checks use images wider and taller than 2p + 1 pixels: on smaller on
 flipped crop can coincide with an unflipped crop at another offset (reflection is
 symmetric), so "exactly one crop explains each output" would not be decidable.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,9 +26,9 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms as T
 import torchvision.transforms.functional as TF
+from conftest import compose_cfg
 from omegaconf import OmegaConf
 
-from conftest import compose_cfg
 from fedexp import centralized
 from fedexp.checks import ConfigError, check
 from fedexp.data.datasets import load_digits
@@ -53,7 +54,7 @@ def all_crops(padded: torch.Tensor, h: int, w: int, pad: int):
     crops, keys = [], []
     for top in range(2 * pad + 1):
         for left in range(2 * pad + 1):
-            crop = padded[:, :, top:top + h, left:left + w]
+            crop = padded[:, :, top : top + h, left : left + w]
             for flipped in (False, True):
                 crops.append(crop.flip(3) if flipped else crop)
                 keys.append((top, left, flipped))
@@ -68,6 +69,7 @@ def explained_by(out: torch.Tensor, padded: torch.Tensor, pad: int):
 
 # --- 1. the same outputs as torchvision's reflect-pad + random crop + random flip ------
 
+
 @pytest.mark.parametrize("channels,h,w", [(3, 12, 12), (1, 10, 14)])
 def test_every_output_is_exactly_one_reflect_padded_crop_flipped_or_not(channels, h, w):
     raw = torch.randint(0, 256, (48, channels, h, w), dtype=torch.uint8, generator=gen(1))
@@ -80,7 +82,9 @@ def test_every_output_is_exactly_one_reflect_padded_crop_flipped_or_not(channels
     padded = norm(TF.pad(raw, [4], padding_mode="reflect"))
     assert torch.equal(padded, F.pad(xb, (4, 4, 4, 4), mode="reflect"))
     hit, keys = explained_by(out, padded, 4)
-    assert hit.sum(1).tolist() == [1] * len(out), "each output must be exactly one crop of the reflect-padded image"
+    assert hit.sum(1).tolist() == [1] * len(out), (
+        "each output must be exactly one crop of the reflect-padded image"
+    )
     chosen = [keys[k] for k in hit.int().argmax(1).tolist()]
     assert {f for _, _, f in chosen} == {False, True}
 
@@ -88,14 +92,18 @@ def test_every_output_is_exactly_one_reflect_padded_crop_flipped_or_not(channels
     # repeated) padding does not explain the outputs whose crop reaches into the border.
     for mode in ("constant", "edge", "symmetric"):
         other, _ = explained_by(out, norm(TF.pad(raw, [4], padding_mode=mode)), 4)
-        assert not other.any(1).all(), f"{mode} padding explains every output: the test cannot see the mode"
+        assert not other.any(1).all(), (
+            f"{mode} padding explains every output: the test cannot see the mode"
+        )
 
 
 def test_the_candidate_set_is_torchvisions_own_output_set():
     """The 81 offsets x 2 flips enumerated above are exactly what torchvision's
     RandomCrop(padding=4, padding_mode="reflect") + RandomHorizontalFlip() produce."""
     raw = torch.randint(0, 256, (1, 12, 12), dtype=torch.uint8, generator=gen(3))
-    standard = T.Compose([T.RandomCrop(12, padding=4, padding_mode="reflect"), T.RandomHorizontalFlip()])
+    standard = T.Compose(
+        [T.RandomCrop(12, padding=4, padding_mode="reflect"), T.RandomHorizontalFlip()]
+    )
     torch.manual_seed(0)
     seen = {standard(raw).numpy().tobytes() for _ in range(2500)}
     cands, _ = all_crops(TF.pad(raw, [4], padding_mode="reflect")[None], 12, 12, 4)
@@ -121,9 +129,10 @@ def test_crop_only_never_flips_and_flip_only_never_crops():
 
 # --- 2. the draws cover the whole range, uniformly; half the images are flipped --------
 
+
 def test_offsets_cover_the_range_uniformly_and_half_are_flipped():
     n, side, pad = 4000, 12, 4
-    coded = torch.arange(side * side, dtype=torch.float32).view(1, 1, side, side)  # every pixel unique
+    coded = torch.arange(side * side, dtype=torch.float32).view(1, 1, side, side)  # all unique
     out = BatchAugment(pad, True)(coded.repeat(n, 1, 1, 1), gen(2024))
     cands, keys = all_crops(F.pad(coded, (pad,) * 4, mode="reflect"), side, side, pad)
     lookup = {c.numpy().tobytes(): key for c, key in zip(cands[0], keys)}
@@ -137,7 +146,8 @@ def test_offsets_cover_the_range_uniformly_and_half_are_flipped():
         assert len(counts) == 2 * pad + 1, f"{name} offsets beyond 2*pad: {counts}"
         assert counts[0] > 0 and counts[2 * pad] > 0, f"{name} never hits an extreme: {counts}"
         assert counts.min() > 0.7 * expected and counts.max() < 1.3 * expected, f"{name}: {counts}"
-    assert len(set(zip(top.tolist(), left.tolist()))) == (2 * pad + 1) ** 2  # independent rows and columns
+    # independent rows and columns
+    assert len(set(zip(top.tolist(), left.tolist()))) == (2 * pad + 1) ** 2
     assert np.mean(top == left) < 0.2  # 1/9 if independent
     assert 0.4 < flipped.mean() < 0.6
     # flips independent of the offsets
@@ -145,6 +155,7 @@ def test_offsets_cover_the_range_uniformly_and_half_are_flipped():
 
 
 # --- 3. seeded by the generator it is given; off means nothing happens ----------------
+
 
 def test_same_generator_seed_same_batch_other_seed_other_batch():
     x = torch.randn(256, 3, 16, 16, generator=gen(6))
@@ -168,13 +179,24 @@ def test_every_dataset_config_leaves_augmentation_off(dataset):
     cfg = compose_cfg(f"dataset={dataset}")
     assert cfg.dataset.augment.crop_padding == 0 and cfg.dataset.augment.flip is False
     assert BatchAugment.from_config(cfg.dataset.augment) is None
-    assert BatchAugment.from_config(OmegaConf.to_container(cfg, resolve=True)["dataset"]["augment"]) is None
+    assert (
+        BatchAugment.from_config(OmegaConf.to_container(cfg, resolve=True)["dataset"]["augment"])
+        is None
+    )
 
 
-@pytest.mark.parametrize("node,expected", [
-    (None, None), ({}, None), ({"crop_padding": 0, "flip": False}, None), ({"crop_padding": None}, None),
-    ({"crop_padding": 4}, (4, False)), ({"flip": True}, (0, True)), ({"crop_padding": 2, "flip": True}, (2, True)),
-])
+@pytest.mark.parametrize(
+    "node,expected",
+    [
+        (None, None),
+        ({}, None),
+        ({"crop_padding": 0, "flip": False}, None),
+        ({"crop_padding": None}, None),
+        ({"crop_padding": 4}, (4, False)),
+        ({"flip": True}, (0, True)),
+        ({"crop_padding": 2, "flip": True}, (2, True)),
+    ],
+)
 def test_from_config_reads_dicts_and_dictconfigs(node, expected):
     for form in (node, None if node is None else OmegaConf.create(node)):
         aug = BatchAugment.from_config(form)
@@ -196,8 +218,18 @@ def train_digits(d, augment=_ABSENT, gen_seed: int = 0):
     model = CNN(1, 32, 10)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     extra = {} if augment is _ABSENT else {"augment": augment}
-    stats = train(model, d.x_train, d.y_train, np.arange(256), epochs=2, batch_size=64, optimizer=opt,
-                  normalize=Normalizer([0.305], [0.324], CPU), generator=gen(gen_seed), **extra)
+    stats = train(
+        model,
+        d.x_train,
+        d.y_train,
+        np.arange(256),
+        epochs=2,
+        batch_size=64,
+        optimizer=opt,
+        normalize=Normalizer([0.305], [0.324], CPU),
+        generator=gen(gen_seed),
+        **extra,
+    )
     return stats, [v.detach().clone() for v in model.state_dict().values()]
 
 
@@ -217,6 +249,7 @@ def test_augmentation_off_trains_bit_for_bit_as_without_it(digits):
 
 
 # --- 4. train() with augmentation: reproducible, and different from without -----------
+
 
 class Recording(BatchAugment):
     def __init__(self, *args):
@@ -250,8 +283,18 @@ def test_train_feeds_the_model_the_augmented_normalised_batches(digits):
     model.register_forward_pre_hook(lambda module, args: inputs.append(args[0].clone()))
     idx = np.arange(256)
     norm = Normalizer([0.305], [0.324], CPU)
-    train(model, digits.x_train, digits.y_train, idx, epochs=1, batch_size=64,
-          optimizer=torch.optim.SGD(model.parameters(), lr=0.05), normalize=norm, generator=gen(0), augment=aug)
+    train(
+        model,
+        digits.x_train,
+        digits.y_train,
+        idx,
+        epochs=1,
+        batch_size=64,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.05),
+        normalize=norm,
+        generator=gen(0),
+        augment=aug,
+    )
     assert len(aug.seen) == len(inputs) == 4  # once per step
     assert all(torch.equal(m, i) for m, i in zip(aug.made, inputs))
     assert not any(torch.equal(s, m) for s, m in zip(aug.seen, aug.made))
@@ -262,6 +305,7 @@ def test_train_feeds_the_model_the_augmented_normalised_batches(digits):
 
 # --- 5. wiring: presets, the federated client, the centralized run ---------------------
 
+
 def test_niid_bench_turns_on_cifar10s_augmentation():
     cfg = compose_cfg("experiment=niid_bench")
     assert cfg.dataset.name == "cifar10"
@@ -269,7 +313,10 @@ def test_niid_bench_turns_on_cifar10s_augmentation():
     aug = BatchAugment.from_config(cfg.dataset.augment)
     assert isinstance(aug, BatchAugment) and (aug.pad, aug.flip) == (4, True)
     # the preset's documented way to train another dataset without it
-    assert BatchAugment.from_config(compose_cfg("experiment=niid_bench", *AUG_OFF).dataset.augment) is None
+    assert (
+        BatchAugment.from_config(compose_cfg("experiment=niid_bench", *AUG_OFF).dataset.augment)
+        is None
+    )
 
 
 @pytest.mark.parametrize("overrides", [(), ("experiment=tutorial",)])
@@ -283,7 +330,10 @@ def test_default_and_tutorial_leave_augmentation_off(overrides):
 def test_niid_bench_client_kit_and_workload_carry_the_augmentation():
     cfg = compose_cfg("experiment=niid_bench")
     kit = ClientKit.build(OmegaConf.to_container(cfg, resolve=True), CPU)
-    assert isinstance(kit.augment, BatchAugment) and (kit.augment.pad, kit.augment.flip) == (4, True)
+    assert isinstance(kit.augment, BatchAugment) and (kit.augment.pad, kit.augment.flip) == (
+        4,
+        True,
+    )
     work_aug = Workload(cfg, None, None, CPU).augment()  # what the centralized run uses
     assert isinstance(work_aug, BatchAugment) and (work_aug.pad, work_aug.flip) == (4, True)
 
@@ -292,20 +342,34 @@ def test_federated_client_trains_with_the_configured_augmentation():
     """A niid_bench client's fit uses its kit's BatchAugment on every step, and its update
     differs from the same client's without augmentation."""
     n = 96
-    data = {"x": torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=gen(9)).numpy(),
-            "y": torch.randint(0, 10, (n,), generator=gen(10)).numpy(),
-            "train": [np.arange(n)], "val": [np.arange(0)]}
+    data = {
+        "x": torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=gen(9)).numpy(),
+        "y": torch.randint(0, 10, (n,), generator=gen(10)).numpy(),
+        "train": [np.arange(n)],
+        "val": [np.arange(0)],
+    }
     torch.manual_seed(0)
     global_w = get_weights(CNN(3, 32, 10))
-    config = {"partition_id": 0, "server_round": 1, "seed": 0, "lr": 0.01, "local_epochs": 1, "batch_size": 32}
+    config = {
+        "partition_id": 0,
+        "server_round": 1,
+        "seed": 0,
+        "lr": 0.01,
+        "local_epochs": 1,
+        "batch_size": 32,
+    }
 
     def fit(*overrides, recording: bool = False):
-        spec = ClientSpec(OmegaConf.to_container(compose_cfg("experiment=niid_bench", *overrides), resolve=True),
-                          None, "cpu", 1)
+        spec = ClientSpec(
+            OmegaConf.to_container(compose_cfg("experiment=niid_bench", *overrides), resolve=True),
+            None,
+            "cpu",
+            1,
+        )
         kit = ClientKit.build(spec.cfg, CPU)
         if recording:
             kit.augment = Recording(kit.augment.pad, kit.augment.flip)
-        weights, examples, metrics = FedexpClient(spec, data, kit).fit(global_w, config)
+        weights, examples, _metrics = FedexpClient(spec, data, kit).fit(global_w, config)
         assert examples == n
         return weights, kit
 
@@ -332,7 +396,9 @@ def test_centralized_run_trains_with_the_configured_augmentation(tmp_path, monke
 
     def run(name, *overrides):
         results = RunResults(tmp_path / name, "centralized", info={})
-        model = centralized.run(dataclasses.replace(work, cfg=compose_cfg(*base, *overrides)), results)
+        model = centralized.run(
+            dataclasses.replace(work, cfg=compose_cfg(*base, *overrides)), results
+        )
         return results.steps[0]["train_loss"], [v.clone() for v in model.state_dict().values()]
 
     off_loss, off = run("off")
@@ -348,16 +414,20 @@ def test_centralized_run_trains_with_the_configured_augmentation(tmp_path, monke
 
 # --- bugs: settings the config check lets through ----------------------------------------
 
+
 def test_valid_augment_settings_pass_the_config_check():
     check(compose_cfg(*AUG_ON))
     check(compose_cfg("experiment=niid_bench"))
 
 
-@pytest.mark.parametrize("override", [
-    "dataset.augment.crop_padding=-1",   # BatchAugment(-1) is "on" and fails in torch.randint
-    "dataset.augment.crop_padding=32",   # >= image_size: F.pad(mode="reflect") fails
-    "dataset.augment.crop_padding=2.5",  # silently truncated to 2
-])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "dataset.augment.crop_padding=-1",  # BatchAugment(-1) is "on" and fails in torch.randint
+        "dataset.augment.crop_padding=32",  # >= image_size: F.pad(mode="reflect") fails
+        "dataset.augment.crop_padding=2.5",  # silently truncated to 2
+    ],
+)
 def test_bad_crop_padding_is_a_config_error(override):
     """Every other numeric setting is checked before any data is loaded (main.run's
     contract); these pass check() and dry_run and only fail inside training."""
@@ -375,7 +445,9 @@ def test_a_flip_that_says_no_does_not_flip(override):
     except ConfigError:
         return
     aug = BatchAugment.from_config(cfg.dataset.augment)
-    assert aug is None or not aug.flip, f"{override} gave BatchAugment(pad={aug.pad}, flip={aug.flip})"
+    assert aug is None or not aug.flip, (
+        f"{override} gave BatchAugment(pad={aug.pad}, flip={aug.flip})"
+    )
 
 
 # --- 6. shape, dtype, device, contiguity ---------------------------------------------
@@ -396,10 +468,12 @@ def test_shape_dtype_device_kept_and_output_contiguous(device, channels, dtype, 
         assert torch.equal(xb, before)  # the input is not changed in place
         assert out.shape == xb.shape and out.dtype == xb.dtype and out.device == xb.device
         assert out.is_contiguous()
-        assert not torch.equal(out, xb) or len(xb) == 1  # it did something (one image may be left as is)
+        # it did something (one image may be left as is)
+        assert not torch.equal(out, xb) or len(xb) == 1
 
 
 # --- 7. cost beside a training step -------------------------------------------------
+
 
 def test_augmenting_a_batch_costs_a_small_fraction_of_a_training_step():
     x = torch.randn(64, 3, 32, 32, generator=gen(13))
@@ -426,6 +500,8 @@ def test_augmenting_a_batch_costs_a_small_fraction_of_a_training_step():
         aug_t.append(timed(lambda: aug(x, g)))
         step_t.append(timed(step))
     a, s = statistics.median(aug_t), statistics.median(step_t)
-    print(f"\nbatch 64x3x32x32, torch threads {torch.get_num_threads()}: augment {a * 1e3:.2f} ms, "
-          f"CNN forward+backward+Adam step {s * 1e3:.2f} ms, ratio {a / s:.2f}")
+    print(
+        f"\nbatch 64x3x32x32, torch threads {torch.get_num_threads()}: augment {a * 1e3:.2f} ms, "
+        f"CNN forward+backward+Adam step {s * 1e3:.2f} ms, ratio {a / s:.2f}"
+    )
     assert a < 0.5 * s

@@ -1,4 +1,5 @@
 """Every option of every config group composes and builds its object."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,7 +20,15 @@ def options(group: str) -> list[str]:
 
 
 def test_every_group_has_options():
-    for group in ("dataset", "partitioning", "model", "optimizer", "strategy", "device", "experiment"):
+    for group in (
+        "dataset",
+        "partitioning",
+        "model",
+        "optimizer",
+        "strategy",
+        "device",
+        "experiment",
+    ):
         assert options(group), group
 
 
@@ -90,8 +99,12 @@ def test_tutorial_experiment_sets_the_tutorial(make_cfg):
 
 
 def test_command_line_wins_over_experiment(make_cfg):
-    cfg = make_cfg("experiment=tutorial", "num_rounds=2", "strategy.min_fit_clients=3", "dataset=digits")
-    assert cfg.num_rounds == 2 and cfg.strategy.min_fit_clients == 3 and cfg.dataset.name == "digits"
+    cfg = make_cfg(
+        "experiment=tutorial", "num_rounds=2", "strategy.min_fit_clients=3", "dataset=digits"
+    )
+    assert (
+        cfg.num_rounds == 2 and cfg.strategy.min_fit_clients == 3 and cfg.dataset.name == "digits"
+    )
 
 
 def test_fraction_fit_is_not_a_no_op_by_default(make_cfg):
@@ -117,6 +130,9 @@ def test_auto_backend_runs_small_runs_inline_and_the_rest_on_ray(make_cfg, monke
     assert uses_ray(make_cfg("simulation.ray_address=auto").simulation, examples)
     assert uses_ray(make_cfg("simulation.backend=ray").simulation, 0)
     assert not uses_ray(make_cfg("simulation.backend=inline").simulation, 10**9)
-    assert examples_trained(make_cfg("local_epochs=3", "num_rounds=2"), Workload.build(cfg)) == examples * 3 * 2 // 5
+    assert (
+        examples_trained(make_cfg("local_epochs=3", "num_rounds=2"), Workload.build(cfg))
+        == examples * 3 * 2 // 5
+    )
     monkeypatch.setenv(SWEEP_ADDRESS, "127.0.0.1:1")  # the Ray of a sweep whose jobs run at once
     assert uses_ray(cfg.simulation, examples)

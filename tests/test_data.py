@@ -1,4 +1,5 @@
 """Loaders read the real on-disk formats; IID partitions behave as the tutorial's split."""
+
 from __future__ import annotations
 
 import logging
@@ -33,11 +34,25 @@ def write_cifar10(root, n_train_batch=6, n_test=8, seed=0):
     folder.mkdir(parents=True)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         n = n_test if name == "test_batch" else n_train_batch
-        batch = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-                 "labels": rng.integers(0, 10, n).tolist()}
+        batch = {
+            "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            "labels": rng.integers(0, 10, n).tolist(),
+        }
         (folder / name).write_bytes(pickle.dumps(batch))
-    meta = {"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
-                            "horse", "ship", "truck"]}
+    meta = {
+        "label_names": [
+            "airplane",
+            "automobile",
+            "bird",
+            "cat",
+            "deer",
+            "dog",
+            "frog",
+            "horse",
+            "ship",
+            "truck",
+        ]
+    }
     (folder / "batches.meta").write_bytes(pickle.dumps(meta))
     return folder
 
@@ -78,7 +93,7 @@ def test_mnist_reads_idx_files(tmp_path):
 
 
 def test_missing_torchvision_data_offline_is_a_clear_error(tmp_path):
-    with pytest.raises(DatasetError, match="dataset.root"):
+    with pytest.raises(DatasetError, match=r"dataset\.root"):
         load_mnist(root=str(tmp_path), download=False)
 
 
@@ -104,9 +119,11 @@ def test_image_folder_decodes_resizes_and_caches(tmp_path):
     np.testing.assert_array_equal(again.x_train, d.x_train)
     assert again.classes == ["cat", "dog"]
     # A cache hit reads only the .npz: importing torchvision would cost 1-2 s per run.
-    probe = ("import sys; from fedexp.data.datasets import load_image_folder as f; "
-             f"d = f({str(root)!r}, image_size=16, channels=3, cache_dir={str(cache)!r}); "
-             "print(d.classes, 'torchvision' in sys.modules)")
+    probe = (
+        "import sys; from fedexp.data.datasets import load_image_folder as f; "
+        f"d = f({str(root)!r}, image_size=16, channels=3, cache_dir={str(cache)!r}); "
+        "print(d.classes, 'torchvision' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["['cat',", "'dog']", "False"]
     # A changed image invalidates the cache.
@@ -135,12 +152,15 @@ def test_a_corrupt_image_cache_is_named_removed_and_rebuilt(tmp_path, caplog, da
     assert "\n" not in warning.getMessage()
     np.testing.assert_array_equal(again.x_train, d.x_train)
     np.testing.assert_array_equal(again.y_test, d.y_test)
-    assert load_image_folder(str(root), image_size=16, channels=3, cache_dir=str(cache)).classes == d.classes
+    assert (
+        load_image_folder(str(root), image_size=16, channels=3, cache_dir=str(cache)).classes
+        == d.classes
+    )
 
 
 @pytest.mark.parametrize("path", [None, "does-not-exist"])
 def test_image_folder_bad_path(tmp_path, path):
-    with pytest.raises(DatasetError, match="dataset.path"):
+    with pytest.raises(DatasetError, match=r"dataset\.path"):
         load_image_folder(path)
 
 

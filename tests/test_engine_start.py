@@ -1,5 +1,6 @@
 """A local Ray's workers start warm: Flower's client actors are the processes Ray prestarted
 with fedexp's client imported and torch's lazy set-up done, and each reported ready."""
+
 from __future__ import annotations
 
 import os
@@ -54,17 +55,24 @@ def test_what_a_killed_drivers_ray_left_is_ended_by_the_next_start(capsys):
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     live = os.getppid()
-    sleepers = {owner: subprocess.Popen(["sleep", "60"], env={**os.environ, _TAG: f"{owner}-{owner}abc"})
-                for owner in (gone.pid, live)}
-    folders = {owner: Path(tempfile.mkdtemp(prefix=f"{READY_PREFIX}{owner}-")) for owner in (gone.pid, live)}
+    sleepers = {
+        owner: subprocess.Popen(["sleep", "60"], env={**os.environ, _TAG: f"{owner}-{owner}abc"})
+        for owner in (gone.pid, live)
+    }
+    folders = {
+        owner: Path(tempfile.mkdtemp(prefix=f"{READY_PREFIX}{owner}-"))
+        for owner in (gone.pid, live)
+    }
     try:
         assert reap_orphans() == 1
         assert sleepers[gone.pid].wait(timeout=10) == -9
         assert sleepers[live].poll() is None and folders[live].is_dir()
         assert not folders[gone.pid].exists()
         err = capsys.readouterr().err
-        assert err == (f"fedexp: ended 1 process(es) left by the Ray of a killed fedexp run "
-                       f"(driver pid {gone.pid})\n")
+        assert err == (
+            f"fedexp: ended 1 process(es) left by the Ray of a killed fedexp run "
+            f"(driver pid {gone.pid})\n"
+        )
     finally:
         sleepers[live].kill()
         folders[live].rmdir()

@@ -1,14 +1,15 @@
 """Every option of every config group passes a dry run from the real `fedexp` command line.
 
-Options have broken where only the command line reaches them: three adaptive strategies
-(FedAdam, FedYogi, FedAdagrad) once failed from `fedexp strategy=...` while tests that
-built them from a composed config passed. So each option found in conf/<group>/*.yaml (a
+An option can break where only the command line reaches it (the setting checks build a
+strategy the way the run does, e.g. FedAdam needs the initial model), while a test that
+builds it from a composed config passes. So each option found in conf/<group>/*.yaml (a
 new file is covered without touching this test) runs as `fedexp GROUP=OPTION dry_run=true`:
 `fedexp.main.main` in-process with a patched argv, through the command-line check, Hydra,
 fedexp's checks, loading and partitioning the data, the model, the strategy and the client
 half, to where a run would start Ray. `ray.init` fails the test. Datasets that need files
 get small fake ones in their real on-disk formats (tests/test_data.py's writers).
 """
+
 from __future__ import annotations
 
 import json
@@ -21,25 +22,39 @@ import numpy as np
 import pytest
 import torch
 import torchvision.datasets.cifar
-
 from conftest import compose_cfg, run_cli
-from fedexp.main import config_dir, main
 from test_data import write_cifar10, write_idx, write_image_folder
 
-GROUPS = ("dataset", "partitioning", "model", "optimizer", "strategy", "device", "experiment",
-          "hparams_search")
+from fedexp.main import config_dir, main
+
+GROUPS = (
+    "dataset",
+    "partitioning",
+    "model",
+    "optimizer",
+    "strategy",
+    "device",
+    "experiment",
+    "hparams_search",
+)
 OPTIONS = {g: sorted(p.stem for p in (Path(config_dir()) / g).glob("*.yaml")) for g in GROUPS}
 NEEDS_CUDA = {("device", "cuda")}
-CASES = [(g, o) for g in GROUPS for o in OPTIONS[g]
-         if (g, o) not in NEEDS_CUDA or torch.cuda.is_available()]
+CASES = [
+    (g, o)
+    for g in GROUPS
+    for o in OPTIONS[g]
+    if (g, o) not in NEEDS_CUDA or torch.cuda.is_available()
+]
 
 # Size skew on digits' 1437 training examples: at the default 10 clients client 0 gets 3
 # examples (square) or none (exponential), so it has no validation example or no data. The
 # largest num_clients that gives every client a validation example:
 NUM_CLIENTS = {("partitioning", "square"): 7, ("partitioning", "exponential"): 5}
 
-DRY_RUN = re.compile(r"dry run: (\d+) training examples in (\d+) partitions, model (\w+), "
-                     r"strategy (\w+) with client (\w+); stopped before training -> (.+)")
+DRY_RUN = re.compile(
+    r"dry run: (\d+) training examples in (\d+) partitions, model (\w+), "
+    r"strategy (\w+) with client (\w+); stopped before training -> (.+)"
+)
 
 CIFAR_PER_BATCH, IDX_TRAIN, IMAGES_PER_CLASS = 100, 200, 10
 
@@ -57,16 +72,25 @@ def fake_files(tmp_path_factory):
         for prefix, n in (("train", IDX_TRAIN), ("t10k", 20)):
             write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
             write_idx(raw / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, n))
-    write_image_folder(root / "images", classes=tuple(f"c{i}" for i in range(10)),
-                       per_class=IMAGES_PER_CLASS, size=8)
-    torchvision_files = lambda name: [f"dataset.root={root / name}", "dataset.download=false"]
+    write_image_folder(
+        root / "images",
+        classes=tuple(f"c{i}" for i in range(10)),
+        per_class=IMAGES_PER_CLASS,
+        size=8,
+    )
+
+    def torchvision_files(name):
+        return [f"dataset.root={root / name}", "dataset.download=false"]
+
     return {
         "digits": ([], 1437),
         "cifar10": (torchvision_files("cifar10"), 5 * CIFAR_PER_BATCH),
         "mnist": (torchvision_files("mnist"), IDX_TRAIN),
         "fashion_mnist": (torchvision_files("fashion_mnist"), IDX_TRAIN),
-        "image_folder": ([f"dataset.path={root / 'images'}", f"dataset.cache_dir={root / 'cache'}"],
-                         10 * IMAGES_PER_CLASS),
+        "image_folder": (
+            [f"dataset.path={root / 'images'}", f"dataset.cache_dir={root / 'cache'}"],
+            10 * IMAGES_PER_CLASS,
+        ),
     }
 
 
@@ -115,21 +139,56 @@ def _class_name(target: str) -> str:
 
 def test_options_are_found_on_disk():
     assert all(OPTIONS[g] for g in GROUPS), OPTIONS
-    assert {"digits", "cifar10", "mnist", "fashion_mnist", "image_folder"} <= set(OPTIONS["dataset"])
+    assert {"digits", "cifar10", "mnist", "fashion_mnist", "image_folder"} <= set(
+        OPTIONS["dataset"]
+    )
     assert {"iid", "dirichlet", "pathological", "shard", "linear", "square", "exponential"} <= set(
-        OPTIONS["partitioning"])
+        OPTIONS["partitioning"]
+    )
     assert {"cnn", "mlp", "resnet18"} <= set(OPTIONS["model"])
     assert {"adam", "sgd"} <= set(OPTIONS["optimizer"])
-    assert {"fedavg", "fedprox", "scaffold", "fednova", "feddyn", "fedadam", "fedyogi",
-            "fedadagrad", "fedavgm", "fedmedian", "fedtrimmedavg", "krum", "qfedavg"} <= set(
-        OPTIONS["strategy"])
+    assert {
+        "fedavg",
+        "fedprox",
+        "scaffold",
+        "fednova",
+        "feddyn",
+        "fedadam",
+        "fedyogi",
+        "fedadagrad",
+        "fedavgm",
+        "fedmedian",
+        "fedtrimmedavg",
+        "krum",
+        "qfedavg",
+    } <= set(OPTIONS["strategy"])
     assert {"cpu", "cuda", "auto"} <= set(OPTIONS["device"])
     assert {"tutorial", "niid_bench"} <= set(OPTIONS["experiment"])
     assert {"optuna_lr"} <= set(OPTIONS["hparams_search"])
     assert len(CASES) >= 35
 
 
-@pytest.mark.parametrize("group,option", CASES, ids=[f"{g}={o}" for g, o in CASES])
+def _default_options() -> set[tuple[str, str]]:
+    """(group, option) of conf/config.yaml's defaults list."""
+    import yaml
+
+    defaults = yaml.safe_load((Path(config_dir()) / "config.yaml").read_text())["defaults"]
+    return {
+        (g, o) for d in defaults if isinstance(d, dict) for g, o in d.items() if isinstance(o, str)
+    }
+
+
+# The fast tier (-m "not slow") dry-runs each group's default option; the whole suite, all.
+DEFAULTS = _default_options()
+
+
+@pytest.mark.parametrize(
+    "group,option",
+    [
+        pytest.param(g, o, id=f"{g}={o}", marks=() if (g, o) in DEFAULTS else pytest.mark.slow)
+        for g, o in CASES
+    ],
+)
 def test_option_passes_a_dry_run_from_the_command_line(fedexp_cli, fake_files, group, option):
     args = [f"{group}={option}"]
     if (group, option) in NUM_CLIENTS:
@@ -143,13 +202,18 @@ def test_option_passes_a_dry_run_from_the_command_line(fedexp_cli, fake_files, g
     assert len(lines) == 1, lines
     examples, parts, model, strategy, client, where = DRY_RUN.fullmatch(lines[0]).groups()
     assert (int(examples), int(parts), Path(where)) == (train_examples, cfg.num_clients, run_dir)
-    assert (strategy, client) == (_class_name(cfg.strategy._target_),
-                                  _class_name(cfg.strategy.client._target_))
+    assert (strategy, client) == (
+        _class_name(cfg.strategy._target_),
+        _class_name(cfg.strategy.client._target_),
+    )
     # model=resnet18 names torchvision's factory function, which builds a ResNet
     assert model.lower() == re.sub(r"\d+$", "", _class_name(cfg.model._target_)).lower()
     split = json.loads((run_dir / "partitions.json").read_text())
     assert (split["scheme"], split["num_clients"], split["train_examples"]) == (
-        cfg.partitioning.name, cfg.num_clients, train_examples)
+        cfg.partitioning.name,
+        cfg.num_clients,
+        train_examples,
+    )
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
@@ -176,8 +240,9 @@ def test_tutorial_preset_follows_num_clients_from_the_command_line(fedexp_cli, f
 @pytest.mark.slow  # a fresh interpreter imports torch, Flower and Hydra: about 5 s here
 def test_installed_command_dry_runs_an_adaptive_strategy(tmp_path):
     run_dir = tmp_path / "run"
-    proc = run_cli("strategy=fedadam", "dry_run=true", f"hydra.run.dir={run_dir}", cwd=tmp_path,
-                   timeout=120)
+    proc = run_cli(
+        "strategy=fedadam", "dry_run=true", f"hydra.run.dir={run_dir}", cwd=tmp_path, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert "strategy FedAdam with client ClientMethod; stopped before training" in proc.stdout
     assert (run_dir / "partitions.json").is_file() and not (run_dir / "results.json").exists()

@@ -1,4 +1,5 @@
 """Ctrl-C / SIGTERM keep the results so far; a diverging run keeps its last good model."""
+
 from __future__ import annotations
 
 import json
@@ -10,17 +11,25 @@ import time
 from pathlib import Path
 
 import torch
-
 from conftest import REPO, read_results, run_cli
+
 from fedexp.models import CNN
 
 
 def start(args, run_dir: Path) -> subprocess.Popen:
     """`python -m fedexp ARGS` in its own session, as a shell starts a foreground job."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    return subprocess.Popen([sys.executable, "-m", "fedexp", *args, f"hydra.run.dir={run_dir}"],
-                            cwd=run_dir.parent, env=env, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    )
+    return subprocess.Popen(
+        [sys.executable, "-m", "fedexp", *args, f"hydra.run.dir={run_dir}"],
+        cwd=run_dir.parent,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for_steps(run_dir: Path, key: str, proc: subprocess.Popen, timeout=240) -> None:
@@ -47,7 +56,9 @@ def wait_for_line(run_dir: Path, text: str, proc: subprocess.Popen, timeout=120)
 
 def session_processes(sid: int) -> list[str]:
     """Live processes of session `sid` (zombies awaiting their reaper do not count)."""
-    out = subprocess.run(["ps", "-o", "stat=,args=", "-s", str(sid)], capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["ps", "-o", "stat=,args=", "-s", str(sid)], capture_output=True, text=True
+    ).stdout
     return [line for line in out.splitlines() if line.strip() and not line.lstrip().startswith("Z")]
 
 
@@ -62,7 +73,10 @@ def test_ctrl_c_keeps_the_rounds_so_far_and_leaves_no_process(tmp_path):
     stopped_after = time.monotonic() - t0
     assert proc.returncode == 130, err[-3000:]
     assert stopped_after < 60
-    assert f"fedexp: interrupted by SIGINT: the results so far are in {run_dir} (status: interrupted)" in err
+    assert (
+        f"fedexp: interrupted by SIGINT: the results so far are in {run_dir} (status: interrupted)"
+        in err
+    )
     assert "Traceback" not in out + err
     res = read_results(run_dir)
     assert res["status"] == "interrupted" and res["error"] == "interrupted by SIGINT"
@@ -101,15 +115,17 @@ def test_sigterm_during_long_client_work_stops_the_client_workers(tmp_path):
     proc = start(["num_clients=2", "num_rounds=2", "local_epochs=400"], run_dir)
     deadline = wait_for_line(run_dir, "starting Ray", proc)
     # Ray names a worker's process after the actor method it runs: both clients are fitting
-    while (sum("ray::ClientAppActor.run" in p for p in session_processes(proc.pid)) < 2
-           and time.monotonic() < deadline):
+    while (
+        sum("ray::ClientAppActor.run" in p for p in session_processes(proc.pid)) < 2
+        and time.monotonic() < deadline
+    ):
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.2)
     time.sleep(1)
     assert proc.poll() is None and not read_results(run_dir)["rounds"]
     proc.send_signal(signal.SIGTERM)
     t0 = time.monotonic()
-    out, err = proc.communicate(timeout=120)
+    _out, err = proc.communicate(timeout=120)
     stopped_after = time.monotonic() - t0
     assert proc.returncode == 143, err[-3000:]
     assert "stopping their 2 Ray worker(s)" in err, err[-3000:]
@@ -145,10 +161,18 @@ def test_sigterm_stops_a_centralized_run_with_143(tmp_path):
 
 def test_a_diverging_run_ends_as_diverged_and_keeps_the_last_good_model(tmp_path):
     run_dir = tmp_path / "run"
-    proc = run_cli("mode=centralized", "optimizer=sgd", "optimizer.lr=1e6", f"hydra.run.dir={run_dir}",
-                   cwd=tmp_path)
+    proc = run_cli(
+        "mode=centralized",
+        "optimizer=sgd",
+        "optimizer.lr=1e6",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 1
-    assert "fedexp: run diverged: epoch 1: training loss became nan; model.pt holds the initial model" in proc.stderr
+    assert (
+        "fedexp: run diverged: epoch 1: training loss became nan; model.pt holds the initial model"
+        in proc.stderr
+    )
     assert "Traceback" not in proc.stdout + proc.stderr
     res = read_results(run_dir)
     assert res["status"] == "diverged" and res["epochs"] == []

@@ -1,4 +1,5 @@
 """The callback list and the loggers, through the `fedexp` command (in this process)."""
+
 from __future__ import annotations
 
 import csv
@@ -8,48 +9,74 @@ import os
 import signal
 
 import pytest
-
 from conftest import read_results, when_rounds_recorded
+
 from fedexp.callbacks import flat
 
 
 def test_a_logger_whose_extra_is_missing_is_one_line(tmp_path, fedexp, monkeypatch):
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "tensorboard" else find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "tensorboard" else find_spec(name, *a),
+    )
     proc = fedexp("logger=tensorboard", f"hydra.run.dir={tmp_path / 'run'}")
     assert proc.returncode == 2
-    assert proc.stderr == ("fedexp: error: logger=tensorboard needs the tensorboard package, which is not "
-                           "installed: pip install -e '.[tensorboard]'\n")
+    assert proc.stderr == (
+        "fedexp: error: logger=tensorboard needs the tensorboard package, which is not "
+        "installed: pip install -e '.[tensorboard]'\n"
+    )
 
 
 def test_an_unknown_logger_option_is_one_line(fedexp):
     proc = fedexp("logger=[csv,neptune]")
     assert proc.returncode == 2
-    assert proc.stderr.startswith("fedexp: error: logger=neptune is not allowed: the logger options are csv")
+    assert proc.stderr.startswith(
+        "fedexp: error: logger=neptune is not allowed: the logger options are csv"
+    )
 
 
 @pytest.mark.slow
-def test_loggers_record_every_round_and_a_tracking_server_going_away_loses_nothing(tmp_path, fedexp):
+def test_loggers_record_every_round_and_a_tracking_server_going_away_loses_nothing(
+    tmp_path, fedexp
+):
     """A sweep with the csv, TensorBoard and MLflow loggers, MLflow logging to a real
     `mlflow server` on localhost. Jobs 0 and 1 log fully; the server is killed in job 2's
     first round: one warning, and the job and its other loggers go on."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     import socket
     import subprocess
     import sys
     import time
     import urllib.request
+
     from mlflow import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                               "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-                               "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "artifacts"),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     uri, sweep = f"http://127.0.0.1:{port}", tmp_path / "sweep"
     try:
         deadline = time.monotonic() + 120
@@ -58,13 +85,22 @@ def test_loggers_record_every_round_and_a_tracking_server_going_away_loses_nothi
                 urllib.request.urlopen(f"{uri}/health", timeout=1)
                 break
             except OSError:
-                assert time.monotonic() < deadline and server.poll() is None, "mlflow server did not start"
+                assert time.monotonic() < deadline and server.poll() is None, (
+                    "mlflow server did not start"
+                )
                 time.sleep(0.2)
 
         stopper = when_rounds_recorded(sweep / "2", lambda: os.killpg(server.pid, signal.SIGKILL))
-        proc = fedexp("-m", "logger=[csv,tensorboard,mlflow]", "seed=0,1,2", "num_rounds=3", "num_clients=2",
-                      "evaluation.all_clients_every=2", f"logger.mlflow.tracking_uri={uri}",
-                      f"hydra.sweep.dir={sweep}")
+        proc = fedexp(
+            "-m",
+            "logger=[csv,tensorboard,mlflow]",
+            "seed=0,1,2",
+            "num_rounds=3",
+            "num_clients=2",
+            "evaluation.all_clients_every=2",
+            f"logger.mlflow.tracking_uri={uri}",
+            f"hydra.sweep.dir={sweep}",
+        )
         stopper.result()
         assert proc.returncode == 0, proc.stderr[-3000:]
         warnings = [line for line in proc.stdout.splitlines() if "MLflowLogger failed" in line]
@@ -82,12 +118,24 @@ def test_loggers_record_every_round_and_a_tracking_server_going_away_loses_nothi
         assert sorted(runs) == ["0", "1", "2"]
         for seed in ("0", "1"):
             run = runs[seed]
-            assert run.info.status == "FINISHED" and run.data.params["strategy._target_"] == "flwr.server.strategy.FedAvg"
+            assert (
+                run.info.status == "FINISHED"
+                and run.data.params["strategy._target_"] == "flwr.server.strategy.FedAvg"
+            )
             history = client.get_metric_history(run.info.run_id, "test_accuracy")
             expected = read_results(sweep / seed)["rounds"]
-            assert [(m.step, m.value) for m in history] == [(r["round"], pytest.approx(r["test_accuracy"])) for r in expected]
-            stored = tmp_path / "artifacts" / experiment.experiment_id / run.info.run_id / "artifacts"
-            assert {p.name for p in stored.iterdir()} == {"results.json", "results.png", "partitions.png", "model.pt"}
+            assert [(m.step, m.value) for m in history] == [
+                (r["round"], pytest.approx(r["test_accuracy"])) for r in expected
+            ]
+            stored = (
+                tmp_path / "artifacts" / experiment.experiment_id / run.info.run_id / "artifacts"
+            )
+            assert {p.name for p in stored.iterdir()} == {
+                "results.json",
+                "results.png",
+                "partitions.png",
+                "model.pt",
+            }
     finally:
         os.killpg(server.pid, signal.SIGKILL)
 
@@ -95,8 +143,9 @@ def test_loggers_record_every_round_and_a_tracking_server_going_away_loses_nothi
 def _check_tensorboard(run_dir, rounds, EventAccumulator):
     events = EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()
-    assert [(e.step, e.value) for e in events.Scalars("test_accuracy")] == \
-        [(r["round"], pytest.approx(r["test_accuracy"])) for r in rounds]
+    assert [(e.step, e.value) for e in events.Scalars("test_accuracy")] == [
+        (r["round"], pytest.approx(r["test_accuracy"])) for r in rounds
+    ]
     assert [e.step for e in events.Scalars("all_clients.mean_accuracy")] == [2, 3]
     final = read_results(run_dir)["final"]["test_accuracy"]
     assert events.Scalars("final/test_accuracy")[0].value == pytest.approx(final)
@@ -127,8 +176,8 @@ def _wandb_records(path):
         if 32768 - pos % 32768 < 7:  # a block's tail too short for a header is padding
             pos += 32768 - pos % 32768
             continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
         pending = chunk if kind in (1, 2) else pending + chunk
         if kind in (1, 4):
             record = wandb_internal_pb2.Record()
@@ -144,13 +193,24 @@ def test_wandb_runs_offline_and_leaves_a_run_that_wandb_sync_reads(tmp_path, fed
     [offline] = (run_dir / "wandb").glob("offline-run-*")
     [log] = offline.glob("run-*.wandb")
     records = list(_wandb_records(log))
-    history = [(r.history.step.num, {i.key or "/".join(i.nested_key): json.loads(i.value_json)
-                                     for i in r.history.item})
-               for r in records if r.WhichOneof("record_type") == "history"]
+    history = [
+        (
+            r.history.step.num,
+            {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item},
+        )
+        for r in records
+        if r.WhichOneof("record_type") == "history"
+    ]
     rounds = read_results(run_dir)["rounds"]
-    assert [(step, h["test_accuracy"]) for step, h in history] == [(r["round"], r["test_accuracy"]) for r in rounds]
+    assert [(step, h["test_accuracy"]) for step, h in history] == [
+        (r["round"], r["test_accuracy"]) for r in rounds
+    ]
     [run] = [r.run for r in records if r.WhichOneof("record_type") == "run"]
     config = {i.key: json.loads(i.value_json) for i in run.config.update}
     assert config["seed"] == 0 and config["num_rounds"] == 2
-    assert {"results.json", "model.pt", "results.png", "partitions.png"} <= {p.name for p in (offline / "files").iterdir()}
-    assert not (run_dir / "metrics.csv").exists()  # logger=wandb alone: the csv logger is not chosen
+    assert {"results.json", "model.pt", "results.png", "partitions.png"} <= {
+        p.name for p in (offline / "files").iterdir()
+    }
+    assert not (
+        run_dir / "metrics.csv"
+    ).exists()  # logger=wandb alone: the csv logger is not chosen

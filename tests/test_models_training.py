@@ -1,4 +1,5 @@
 """Weight exchange keeps every entry and dtype; training lowers the loss."""
+
 from __future__ import annotations
 
 import json
@@ -45,8 +46,17 @@ def test_short_training_lowers_the_loss_on_digits():
     idx = np.arange(len(d.y_train))
     before = evaluate(model, d.x_test, d.y_test, None, batch_size=256, normalize=norm)
     opt = torch.optim.Adam(model.parameters())
-    stats = train(model, d.x_train, d.y_train, idx, epochs=3, batch_size=32, optimizer=opt,
-                  normalize=norm, generator=torch.Generator().manual_seed(0))
+    stats = train(
+        model,
+        d.x_train,
+        d.y_train,
+        idx,
+        epochs=3,
+        batch_size=32,
+        optimizer=opt,
+        normalize=norm,
+        generator=torch.Generator().manual_seed(0),
+    )
     after = evaluate(model, d.x_test, d.y_test, None, batch_size=256, normalize=norm)
     assert stats["examples"] == len(idx)
     assert after["loss"] < before["loss"] - 0.5
@@ -81,16 +91,25 @@ def test_batchnorm_buffers_travel_through_a_federated_round(run_inline):
     """ResNet-18 (BatchNorm) on digits at their native 8x8, one round through Flower's engine:
     the global model's running statistics are the clients' and its batch counter is the
     number of steps each client took, as an int64."""
-    res, run_dir = run_inline("model=resnet18", "dataset.image_size=8", "num_clients=4",
-                                  "strategy.fraction_fit=0.5", "num_rounds=1", "batch_size=64",
-                                  "strategy.fraction_evaluate=0", "strategy.min_evaluate_clients=0",
-                                  name="resnet18")
+    res, run_dir = run_inline(
+        "model=resnet18",
+        "dataset.image_size=8",
+        "num_clients=4",
+        "strategy.fraction_fit=0.5",
+        "num_rounds=1",
+        "batch_size=64",
+        "strategy.fraction_evaluate=0",
+        "strategy.min_evaluate_clients=0",
+        name="resnet18",
+    )
     assert res["status"] == "completed" and res["rounds"][0]["fit_clients"] == 2
     state = torch.load(run_dir / "model.pt", weights_only=True)
     counters = {k: v for k, v in state.items() if k.endswith("num_batches_tracked")}
     assert len(counters) == 20  # every BatchNorm of ResNet-18
     # IID sizes differ by at most one example: both sampled clients took the same steps
-    sizes = [c["train_size"] for c in json.loads((run_dir / "partitions.json").read_text())["clients"]]
+    sizes = [
+        c["train_size"] for c in json.loads((run_dir / "partitions.json").read_text())["clients"]
+    ]
     assert len({math.ceil(n / 64) for n in sizes}) == 1
     expected = math.ceil(sizes[0] / 64)
     assert all(v.dtype == torch.int64 and int(v) == expected for v in counters.values())

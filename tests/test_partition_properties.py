@@ -1,5 +1,6 @@
 """Property-based checks of partitioning: whatever the sizes and seeds, every example
 lands in exactly one client (train or validation), and the split repeats for a seed."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,8 +20,13 @@ def assert_exact_cover(parts, n):
 
 
 @SETTINGS
-@given(n_clients=st.integers(1, 12), extra=st.integers(0, 200), classes=st.integers(1, 10),
-       val_fraction=st.floats(0, 0.9), seed=st.integers(0, 2**31 - 1))
+@given(
+    n_clients=st.integers(1, 12),
+    extra=st.integers(0, 200),
+    classes=st.integers(1, 10),
+    val_fraction=st.floats(0, 0.9),
+    seed=st.integers(0, 2**31 - 1),
+)
 def test_iid_every_example_in_exactly_one_client(n_clients, extra, classes, val_fraction, seed):
     n = n_clients + extra
     labels = np.random.default_rng(seed).integers(0, classes, n)
@@ -32,12 +38,19 @@ def test_iid_every_example_in_exactly_one_client(n_clients, extra, classes, val_
     for t, v in zip(parts.train, parts.val):
         assert len(v) == int((len(t) + len(v)) * val_fraction)
     again = partition(labels, IidPartitioner(n_clients), val_fraction, seed)
-    assert all(np.array_equal(a, b) for a, b in zip(parts.train + parts.val, again.train + again.val))
+    assert all(
+        np.array_equal(a, b) for a, b in zip(parts.train + parts.val, again.train + again.val)
+    )
 
 
 @SETTINGS
-@given(n_clients=st.integers(1, 8), n=st.integers(50, 300), alpha=st.floats(0.05, 20),
-       val_fraction=st.floats(0, 0.5), seed=st.integers(0, 2**31 - 1))
+@given(
+    n_clients=st.integers(1, 8),
+    n=st.integers(50, 300),
+    alpha=st.floats(0.05, 20),
+    val_fraction=st.floats(0, 0.5),
+    seed=st.integers(0, 2**31 - 1),
+)
 def test_dirichlet_every_example_in_exactly_one_client(n_clients, n, alpha, val_fraction, seed):
     labels = np.random.default_rng(seed).integers(0, 5, n)
     p = DirichletPartitioner(n_clients, "label", alpha=alpha, min_partition_size=0, seed=seed)

@@ -1,5 +1,6 @@
 """Every partitioning option: a true partition of the training set, seeded, and as skewed as
 it claims; partitions.json and partitions.png describe it."""
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,12 @@ def split(make_cfg, scheme, n=6, seed=0, labels=LABELS, *overrides):
 
 
 def label_dists(labels, parts):
-    counts = np.stack([np.bincount(labels[np.concatenate([t, v])], minlength=10)
-                       for t, v in zip(parts.train, parts.val)]).astype(float)
+    counts = np.stack(
+        [
+            np.bincount(labels[np.concatenate([t, v])], minlength=10)
+            for t, v in zip(parts.train, parts.val)
+        ]
+    ).astype(float)
     return counts / counts.sum(1, keepdims=True)
 
 
@@ -59,7 +64,11 @@ def test_every_index_in_at_most_one_client_and_sizes_add_up(make_cfg, scheme):
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_seeded_repeatability(make_cfg, scheme):
     n = 3 if scheme == "exponential" else 6
-    a, b, c = split(make_cfg, scheme, n, seed=4), split(make_cfg, scheme, n, seed=4), split(make_cfg, scheme, n, seed=5)
+    a, b, c = (
+        split(make_cfg, scheme, n, seed=4),
+        split(make_cfg, scheme, n, seed=4),
+        split(make_cfg, scheme, n, seed=5),
+    )
     for x, y in zip(a.train + a.val, b.train + b.val):
         np.testing.assert_array_equal(x, y)
     assert any(not np.array_equal(x, y) for x, y in zip(a.train, c.train))
@@ -80,14 +89,25 @@ def test_dirichlet_skew_follows_alpha(make_cfg):
 
 
 def test_dirichlet_keeps_min_partition_size(make_cfg):
-    parts = split(make_cfg, "dirichlet", 10, 0, LABELS, "partitioning.alpha=0.1",
-                  "partitioning.min_partition_size=40")
+    parts = split(
+        make_cfg,
+        "dirichlet",
+        10,
+        0,
+        LABELS,
+        "partitioning.alpha=0.1",
+        "partitioning.min_partition_size=40",
+    )
     assert min(len(t) + len(v) for t, v in zip(parts.train, parts.val)) >= 40
 
 
 def test_pathological_gives_each_client_its_classes(make_cfg):
-    parts = split(make_cfg, "pathological", 10, 0, LABELS, "partitioning.num_classes_per_partition=3")
-    classes = [set(np.unique(LABELS[np.concatenate([t, v])])) for t, v in zip(parts.train, parts.val)]
+    parts = split(
+        make_cfg, "pathological", 10, 0, LABELS, "partitioning.num_classes_per_partition=3"
+    )
+    classes = [
+        set(np.unique(LABELS[np.concatenate([t, v])])) for t, v in zip(parts.train, parts.val)
+    ]
     assert all(len(c) == 3 for c in classes)
     assert set().union(*classes) == set(range(10))  # first-deterministic: every class used
 
@@ -97,7 +117,10 @@ def test_shard_clients_hold_few_classes(make_cfg):
     sizes = [len(t) + len(v) for t, v in zip(parts.train, parts.val)]
     assert len(set(sizes)) == 1 and sizes[0] == len(LABELS) // 20 * 2  # two equal shards each
     # a shard of a label-sorted set spans one class, or two at a class boundary
-    assert max(len(np.unique(LABELS[np.concatenate([t, v])])) for t, v in zip(parts.train, parts.val)) <= 4
+    assert (
+        max(len(np.unique(LABELS[np.concatenate([t, v])])) for t, v in zip(parts.train, parts.val))
+        <= 4
+    )
 
 
 @pytest.mark.parametrize("scheme,power", [("linear", 1), ("square", 2)])
@@ -126,9 +149,17 @@ def test_partitions_json_and_png_describe_the_split(make_cfg, tmp_path):
     summary = partition_report.write(tmp_path, LABELS, parts, classes, cfg.partitioning)
     on_disk = json.loads((tmp_path / "partitions.json").read_text())
     assert on_disk == summary
-    assert on_disk["scheme"] == "shard" and on_disk["num_clients"] == 4 and on_disk["classes"] == classes
-    assert on_disk["settings"] == {"val_fraction": 0.1, "shuffle": True, "num_shards_per_partition": 3,
-                                   "shard_size": None}
+    assert (
+        on_disk["scheme"] == "shard"
+        and on_disk["num_clients"] == 4
+        and on_disk["classes"] == classes
+    )
+    assert on_disk["settings"] == {
+        "val_fraction": 0.1,
+        "shuffle": True,
+        "num_shards_per_partition": 3,
+        "shard_size": None,
+    }
     held = 0
     for c, t, v in zip(on_disk["clients"], parts.train, parts.val):
         assert (c["train_size"], c["val_size"]) == (len(t), len(v))

@@ -9,20 +9,28 @@ with the model all have to repeat. Only the keys that measure time may differ. T
 effect is checked with Flower's server loop in this process (tests/flower_inprocess.py),
 which costs a second instead of a third Ray run.
 """
+
 from __future__ import annotations
 
 import json
 
+import flower_inprocess
 import numpy as np
 import pytest
 import torch
 
-import flower_inprocess
 from fedexp.results import without_timing
 from fedexp.workload import Workload
 
-CONFIG = ("partitioning=dirichlet", "partitioning.alpha=0.1", "strategy=scaffold", "optimizer=sgd",
-          "num_clients=4", "num_rounds=3", "strategy.fraction_fit=0.5")
+CONFIG = (
+    "partitioning=dirichlet",
+    "partitioning.alpha=0.1",
+    "strategy=scaffold",
+    "optimizer=sgd",
+    "num_clients=4",
+    "num_rounds=3",
+    "strategy.fraction_fit=0.5",
+)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +60,9 @@ def test_the_same_config_repeats_bit_for_bit(runs):
 
 
 def test_another_seed_gives_other_numbers(make_cfg):
-    (sa, a, _), (sc, c, _) = (flower_inprocess.run(make_cfg(*CONFIG, f"seed={seed}")) for seed in (7, 8))
+    (sa, a, _), (sc, c, _) = (
+        flower_inprocess.run(make_cfg(*CONFIG, f"seed={seed}")) for seed in (7, 8)
+    )
     assert sa.initial["test_loss"] != sc.initial["test_loss"]  # model initialisation
     for ra, rc in zip(a, c):
         assert ra["train_loss"] != rc["train_loss"] and ra["test_loss"] != rc["test_loss"]
@@ -74,16 +84,24 @@ def test_inline_clients_repeat_bit_for_bit_and_agree_with_ray(runs, tmp_path_fac
     second run, and the numbers of the Ray runs up to float rounding (the two backends'
     processes round some float operations differently)."""
     from conftest import compose_cfg
+
     from fedexp.main import run
 
-    inline = [run(compose_cfg(*CONFIG, "seed=7", "simulation.backend=inline"), str(tmp_path_factory.mktemp("inline")))
-              for _ in range(2)]
+    inline = [
+        run(
+            compose_cfg(*CONFIG, "seed=7", "simulation.backend=inline"),
+            str(tmp_path_factory.mktemp("inline")),
+        )
+        for _ in range(2)
+    ]
     assert all(res["backend"] == "inline" and res["status"] == "completed" for res in inline)
     assert without_timing(inline[0]) == without_timing(inline[1])
     on_ray = runs[0][0]
     assert on_ray["backend"] == "ray"
     for a, b in zip(inline[0]["rounds"], on_ray["rounds"], strict=True):
-        assert a["fit_clients"] == b["fit_clients"] and a["evaluate_clients"] == b["evaluate_clients"]
+        assert (
+            a["fit_clients"] == b["fit_clients"] and a["evaluate_clients"] == b["evaluate_clients"]
+        )
         for key in ("train_loss", "test_loss", "distributed_loss"):
             assert a[key] == pytest.approx(b[key], rel=1e-4), key
         assert abs(a["test_accuracy"] - b["test_accuracy"]) <= 0.01

@@ -1,5 +1,6 @@
 """Resume: a killed, stopped or completed run continues from its last checkpoint and ends
 exactly where an unbroken run ends; a sweep continues with the jobs it had not completed."""
+
 from __future__ import annotations
 
 import json
@@ -13,17 +14,17 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import compose_cfg, read_results, when_rounds_recorded
 from flwr.common import ndarrays_to_parameters
 from flwr.server.strategy import FedAdam
+from test_interrupts_and_divergence import start
 
-from conftest import compose_cfg, read_results, when_rounds_recorded
 from fedexp import checkpoints, resume
 from fedexp.checks import ConfigError
 from fedexp.federated.methods.base import DiskClientState
 from fedexp.federated.server.state import StrategyState
 from fedexp.models import CNN
 from fedexp.results import ResultsExistError, take_over, without_timing
-from test_interrupts_and_divergence import start
 
 
 def _rounds(run_dir: Path) -> list[dict]:
@@ -68,7 +69,9 @@ def test_a_killed_run_resumed_ends_exactly_where_an_unbroken_run_ends(tmp_path, 
         before = read_results(run_dir)
         assert before["status"] == "running" and 3 <= len(before["rounds"]) < 6, before
         assert [p.name for p in run_dir.rglob("*.tmp*")] == []
-        assert set(torch.load(run_dir / "model.pt", weights_only=True)) == set(CNN(1, 32, 10).state_dict())
+        assert set(torch.load(run_dir / "model.pt", weights_only=True)) == set(
+            CNN(1, 32, 10).state_dict()
+        )
 
         proc = fedexp(f"resume={run_dir}")
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -76,7 +79,9 @@ def test_a_killed_run_resumed_ends_exactly_where_an_unbroken_run_ends(tmp_path, 
         assert after["status"] == "completed" and 2 <= after["resumed_after"][0] < 6
         assert f"resumed after round {after['resumed_after'][0]}" in proc.stdout
         assert _rounds(run_dir) == _rounds(straight / str(job)), strategy
-        assert (run_dir / "model.pt").read_bytes() == (straight / str(job) / "model.pt").read_bytes(), strategy
+        assert (run_dir / "model.pt").read_bytes() == (
+            straight / str(job) / "model.pt"
+        ).read_bytes(), strategy
         assert checkpoints.steps(run_dir) == [5, 6]  # checkpoint.keep=2
     # SCAFFOLD's clients kept their control variates in versioned files, 3 versions at most.
     versions = sorted(p.name for p in (killed["scaffold"] / "client_state" / "0").iterdir())
@@ -98,7 +103,10 @@ def test_a_completed_run_extended_equals_a_longer_run_and_then_has_nothing_left(
     assert "num_rounds=4" in yaml.safe_load((short / ".hydra" / "overrides.yaml").read_text())
     again = fedexp(f"resume={short}")
     assert again.returncode == 0
-    assert again.stderr == f"fedexp: {short} completed its 4 rounds: nothing left to do (num_rounds=N with N > 4 extends it)\n"
+    assert (
+        again.stderr
+        == f"fedexp: {short} completed its 4 rounds: nothing left to do (num_rounds=N with N > 4 extends it)\n"
+    )
 
 
 @pytest.mark.slow
@@ -124,26 +132,53 @@ def test_an_interrupted_sweep_resumed_completes_every_job_and_runs_none_twice(tm
     assert all(read_results(sweep / j)["status"] == "completed" for j in "012")
 
 
-def _fake_run(run_dir: Path, status: str = "completed", rounds: int = 5, mode: str = "federated") -> Path:
+def _fake_run(
+    run_dir: Path, status: str = "completed", rounds: int = 5, mode: str = "federated"
+) -> Path:
     (run_dir / ".hydra").mkdir(parents=True)
-    (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["num_clients=2", f"num_rounds={rounds}"]))
-    (run_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"mode": mode, "num_rounds": rounds}))
+    (run_dir / ".hydra" / "overrides.yaml").write_text(
+        yaml.safe_dump(["num_clients=2", f"num_rounds={rounds}"])
+    )
+    (run_dir / ".hydra" / "config.yaml").write_text(
+        yaml.safe_dump({"mode": mode, "num_rounds": rounds})
+    )
     steps = [{"round": r} for r in range(1, rounds + 1)]
-    (run_dir / "results.json").write_text(json.dumps({"status": status, "mode": mode, "rounds": steps}))
+    (run_dir / "results.json").write_text(
+        json.dumps({"status": status, "mode": mode, "rounds": steps})
+    )
     return run_dir
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["resume={d}", "seed=3"], "resume={d} continues the run as it was recorded, so seed=3 cannot be given "
-                               "(only num_rounds, verbose may change; num_rounds may grow)"),
-    (["resume={d}", "num_rounds=4"], "num_rounds=4 is not allowed with resume={d}: it completed 5 rounds already"),
-    (["resume={d}", "num_rounds=9"], "resume={d}: it has no checkpoint to continue from (it ran with "
-                                     "checkpoint.keep=0)"),
-    (["resume={d}/nowhere"], "resume={d}/nowhere: not a fedexp run or sweep directory (it needs "
-                             ".hydra/overrides.yaml and results.json, or multirun.yaml)"),
-    (["resume={d}", "resume={d}"], "resume takes one directory: fedexp resume=DIR (a run's or a sweep's)"),
-])
-def test_resume_refuses_what_would_not_continue_the_same_run_in_one_line(tmp_path, fedexp, args, expected):
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (
+            ["resume={d}", "seed=3"],
+            "resume={d} continues the run as it was recorded, so seed=3 cannot be given "
+            "(only num_rounds, verbose may change; num_rounds may grow)",
+        ),
+        (
+            ["resume={d}", "num_rounds=4"],
+            "num_rounds=4 is not allowed with resume={d}: it completed 5 rounds already",
+        ),
+        (
+            ["resume={d}", "num_rounds=9"],
+            "resume={d}: it has no checkpoint to continue from (it ran with checkpoint.keep=0)",
+        ),
+        (
+            ["resume={d}/nowhere"],
+            "resume={d}/nowhere: not a fedexp run or sweep directory (it needs "
+            ".hydra/overrides.yaml and results.json, or multirun.yaml)",
+        ),
+        (
+            ["resume={d}", "resume={d}"],
+            "resume takes one directory: fedexp resume=DIR (a run's or a sweep's)",
+        ),
+    ],
+)
+def test_resume_refuses_what_would_not_continue_the_same_run_in_one_line(
+    tmp_path, fedexp, args, expected
+):
     run_dir = _fake_run(tmp_path / "run")
     proc = fedexp(*(a.format(d=run_dir) for a in args))
     assert proc.returncode == 2
@@ -167,7 +202,9 @@ def test_a_checkpoint_of_another_config_is_refused(tmp_path):
     recorded = OmegaConf.to_container(cfg, resolve=True)
     recorded["optimizer"]["lr"] = 0.5
     checkpoints.save(run_dir, 2, {"config": recorded}, keep=2)
-    with pytest.raises(ConfigError, match=r"^resume: optimizer.lr is 0.001 now but 0.5 in the checkpoint of"):
+    with pytest.raises(
+        ConfigError, match=r"^resume: optimizer.lr is 0.001 now but 0.5 in the checkpoint of"
+    ):
         resume.starting_point(cfg, str(run_dir))
     recorded["optimizer"]["lr"], recorded["num_rounds"] = 0.001, 99  # num_rounds may differ
     checkpoints.save(run_dir, 2, {"config": recorded}, keep=2)
@@ -179,7 +216,7 @@ def test_checkpoints_keep_the_newest_and_a_damaged_one_is_named(tmp_path):
         checkpoints.save(tmp_path, step, {"x": step}, keep=2)
     assert checkpoints.steps(tmp_path) == [3, 4] and checkpoints.newest(tmp_path)["x"] == 4
     (tmp_path / "checkpoints" / "000004.ckpt").write_bytes(b"not a pickle")
-    with pytest.raises(checkpoints.CheckpointError, match="000004.ckpt cannot be read"):
+    with pytest.raises(checkpoints.CheckpointError, match=r"000004\.ckpt cannot be read"):
         checkpoints.newest(tmp_path)
 
 
@@ -206,7 +243,11 @@ def test_strategy_state_is_what_the_rounds_changed_and_restores_into_a_new_strat
 def test_client_state_files_are_read_as_of_a_round_and_later_ones_are_forgotten(tmp_path):
     for r in (1, 3, 4, 6):
         DiskClientState(tmp_path / "0", r, keep=3).set("c", [np.full(2, r)])
-    assert sorted(p.name for p in (tmp_path / "0").iterdir()) == ["c.000003.npz", "c.000004.npz", "c.000006.npz"]
+    assert sorted(p.name for p in (tmp_path / "0").iterdir()) == [
+        "c.000003.npz",
+        "c.000004.npz",
+        "c.000006.npz",
+    ]
     assert DiskClientState(tmp_path / "0", 5).get("c")[0][0] == 4
     assert DiskClientState(tmp_path / "0").get("c")[0][0] == 6  # no round: the newest
     assert DiskClientState(tmp_path / "0", 2).get("c") is None
@@ -216,7 +257,9 @@ def test_client_state_files_are_read_as_of_a_round_and_later_ones_are_forgotten(
 
 def test_a_run_directory_is_taken_over_only_from_a_process_that_ended(tmp_path):
     (tmp_path / ".fedexp-run").write_text(f"{os.getppid()}\n")  # alive: pytest's parent
-    with pytest.raises(ResultsExistError, match=f"in use by a running fedexp \\(pid {os.getppid()}\\)"):
+    with pytest.raises(
+        ResultsExistError, match=f"in use by a running fedexp \\(pid {os.getppid()}\\)"
+    ):
         take_over(tmp_path)
     (tmp_path / ".fedexp-run").write_text("999999999\n")  # no such process
     take_over(tmp_path)

@@ -1,4 +1,5 @@
 """No run writes into another run's directory, including two runs started in one second."""
+
 from __future__ import annotations
 
 import datetime as real_datetime
@@ -11,29 +12,30 @@ from pathlib import Path
 
 import hydra.core.utils
 import pytest
+from conftest import REPO, read_results
 
 from fedexp import command_line
 from fedexp.command_line import fresh_dir
 from fedexp.main import main
 from fedexp.results import ResultsExistError, RunResults
-from conftest import REPO, read_results
 
 
 def test_a_run_directory_has_one_owner(tmp_path):
     """Two runs that pass the command line's check at the same moment: the first to claim
     the directory gets it, the other is refused before it writes anything."""
     first = RunResults(tmp_path / "run", "federated")
-    with pytest.raises(ResultsExistError, match="already holds results.json from another run"):
+    with pytest.raises(ResultsExistError, match=r"already holds results\.json from another run"):
         RunResults(tmp_path / "run", "federated")
     assert read_results(first.dir)["status"] == "running"
     (tmp_path / "taken").mkdir()
-    (tmp_path / "taken" / ".fedexp-run").write_text("1\n")  # claimed by another process, nothing written yet
+    # claimed by another process, nothing written yet
+    (tmp_path / "taken" / ".fedexp-run").write_text("1\n")
     with pytest.raises(ResultsExistError, match="belongs to another fedexp run"):
         RunResults(tmp_path / "taken", "federated")
     assert sorted(p.name for p in (tmp_path / "taken").iterdir()) == [".fedexp-run"]
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "model.pt").write_bytes(b"a killed run's model")
-    with pytest.raises(ResultsExistError, match="already holds model.pt from another run"):
+    with pytest.raises(ResultsExistError, match=r"already holds model\.pt from another run"):
         RunResults(tmp_path / "old", "federated")
     assert sorted(p.name for p in (tmp_path / "old").iterdir()) == ["model.pt"]
 
@@ -50,7 +52,9 @@ def test_model_files_of_equal_models_are_equal_bytes(tmp_path):
     assert [p.name for p in (tmp_path / "a").iterdir() if p.name.endswith(".tmp")] == []
 
 
-def test_two_runs_started_together_on_one_directory_one_is_refused_before_hydra_writes(tmp_path, monkeypatch):
+def test_two_runs_started_together_on_one_directory_one_is_refused_before_hydra_writes(
+    tmp_path, monkeypatch
+):
     """The command line claims an explicit run directory before Hydra writes its snapshot
     there: the second run is refused and the first run's .hydra/ stays its own."""
     from fedexp.results import CLAIM
@@ -60,10 +64,14 @@ def test_two_runs_started_together_on_one_directory_one_is_refused_before_hydra_
     assert first.problem is None and (run_dir / CLAIM).read_text().strip() == str(os.getpid())
     (run_dir / CLAIM).write_text("1\n")  # as if another process had claimed it first
     second = command_line.prepare([f"hydra.run.dir={run_dir}"], str(REPO / "conf"))
-    assert second.problem.startswith(f"hydra.run.dir={run_dir} already holds {CLAIM} from another run")
+    assert second.problem.startswith(
+        f"hydra.run.dir={run_dir} already holds {CLAIM} from another run"
+    )
 
 
-def test_a_full_disk_fails_the_run_in_one_line_and_leaves_no_partial_file(tmp_path, monkeypatch, capsys):
+def test_a_full_disk_fails_the_run_in_one_line_and_leaves_no_partial_file(
+    tmp_path, monkeypatch, capsys
+):
     real = Path.write_bytes
 
     def full(self, data):
@@ -74,7 +82,9 @@ def test_a_full_disk_fails_the_run_in_one_line_and_leaves_no_partial_file(tmp_pa
 
     monkeypatch.setattr(Path, "write_bytes", full)
     run_dir = tmp_path / "run"
-    monkeypatch.setattr(sys, "argv", ["fedexp", "num_clients=2", "num_rounds=2", f"hydra.run.dir={run_dir}"])
+    monkeypatch.setattr(
+        sys, "argv", ["fedexp", "num_clients=2", "num_rounds=2", f"hydra.run.dir={run_dir}"]
+    )
     with pytest.raises(SystemExit) as exit_info:
         main()
     assert exit_info.value.code == 1
@@ -82,7 +92,8 @@ def test_a_full_disk_fails_the_run_in_one_line_and_leaves_no_partial_file(tmp_pa
     assert "Traceback" not in err
     assert [line for line in err.splitlines() if line.startswith("fedexp:")] == [
         f"fedexp: error: cannot write the run's files in {run_dir} (model.pt): No space left on device "
-        f"(status: failed, if results.json could still be written)"]
+        f"(status: failed, if results.json could still be written)"
+    ]
     res = read_results(run_dir)
     assert res["status"] == "failed" and "No space left on device" in res["error"]
     assert not (run_dir / "model.pt").exists()
@@ -107,7 +118,9 @@ class FrozenDatetime(real_datetime.datetime):
 
 
 @pytest.mark.parametrize("multirun", [False, True], ids=["run", "multirun"])
-def test_two_runs_in_the_same_second_get_their_own_directories(tmp_path, monkeypatch, capsys, multirun):
+def test_two_runs_in_the_same_second_get_their_own_directories(
+    tmp_path, monkeypatch, capsys, multirun
+):
     """Hydra names the directory after the second the run started; both runs keep theirs."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(hydra.core.utils, "datetime", FrozenDatetime)
@@ -115,8 +128,11 @@ def test_two_runs_in_the_same_second_get_their_own_directories(tmp_path, monkeyp
     for seed in (1, 2):
         monkeypatch.setattr(command_line, "_CLAIMED", {})  # each run is its own process
         args = ["-m"] if multirun else []
-        monkeypatch.setattr(sys, "argv", ["fedexp", *args, "mode=centralized", "centralized.epochs=1",
-                                          f"seed={seed}"])
+        monkeypatch.setattr(
+            sys,
+            "argv",
+            ["fedexp", *args, "mode=centralized", "centralized.epochs=1", f"seed={seed}"],
+        )
         main()
         capsys.readouterr()
     base = tmp_path / "outputs" / ("multirun" if multirun else "") / "2026-11-25"
@@ -129,8 +145,16 @@ def test_two_runs_in_the_same_second_get_their_own_directories(tmp_path, monkeyp
 
 
 def _record(r: int) -> dict:
-    return {"round": r, "fit_clients": 10, "fit_failures": 0, "evaluate_clients": 5, "train_loss": 1 / r,
-            "distributed_accuracy": 0.5, "test_loss": float("nan") if r == 3 else 0.25, "seconds": 0.1 * r}
+    return {
+        "round": r,
+        "fit_clients": 10,
+        "fit_failures": 0,
+        "evaluate_clients": 5,
+        "train_loss": 1 / r,
+        "distributed_accuracy": 0.5,
+        "test_loss": float("nan") if r == 3 else 0.25,
+        "seconds": 0.1 * r,
+    }
 
 
 def test_rounds_appended_in_place_give_the_files_a_whole_write_gives(tmp_path):
@@ -144,7 +168,8 @@ def test_rounds_appended_in_place_give_the_files_a_whole_write_gives(tmp_path):
         results.add(_record(r))
         if r == 1:
             stamp = results.data["wall_seconds"]
-    assert json.loads((tmp_path / "a" / "results.json").read_text())["wall_seconds"] == stamp  # untouched since
+    written = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert written["wall_seconds"] == stamp  # untouched since
     appended = {name: (tmp_path / "a" / name).read_bytes() for name in ("results.json",)}
     results.write()  # the same data, written whole
     for name, data in appended.items():
@@ -158,7 +183,7 @@ def test_rounds_appended_in_place_give_the_files_a_whole_write_gives(tmp_path):
 
 @pytest.mark.slow
 def test_writing_a_round_costs_the_same_at_round_10_and_at_round_10000(tmp_path):
-    """The README's figure: the median time of add() over 20 rounds after 10 and after
+    """docs/troubleshooting.md's figure: the median time of add() over 20 rounds after 10 and after
     10,000 rounds."""
     import statistics
     import time

@@ -4,6 +4,7 @@ The federated run is small, so its clients run inline (simulation.backend=auto),
 user's first run does; runs on Ray are in test_reproducibility.py, test_sweeps.py and
 test_interrupts_and_divergence.py.
 """
+
 from __future__ import annotations
 
 import csv
@@ -11,12 +12,19 @@ import math
 
 import pytest
 import torch
-
 from conftest import read_results, run_cli
 
-ROUND_KEYS = {"round": int, "fit_clients": int, "fit_failures": int, "evaluate_clients": int,
-              "distributed_loss": (float, type(None)), "distributed_accuracy": (float, type(None)),
-              "test_loss": float, "test_accuracy": float, "seconds": float}
+ROUND_KEYS = {
+    "round": int,
+    "fit_clients": int,
+    "fit_failures": int,
+    "evaluate_clients": int,
+    "distributed_loss": (float, type(None)),
+    "distributed_accuracy": (float, type(None)),
+    "test_loss": float,
+    "test_accuracy": float,
+    "seconds": float,
+}
 
 
 def check_contract(res: dict, mode: str) -> None:
@@ -65,7 +73,7 @@ def test_federated_run_writes_every_artifact(fed_run):
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     assert (run_dir / "results.png").stat().st_size > 1000
     # one readable line per round, without Flower's or Ray's log noise
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("round ")]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("round ")]
     assert len(lines) == 2 and "test loss" in lines[0]
     assert "DEPRECATED" not in proc.stdout + proc.stderr
 
@@ -82,14 +90,22 @@ def test_final_model_is_the_evaluated_global_model(fed_run):
     model = CNN(1, 32, 10)
     model.load_state_dict(torch.load(run_dir / "model.pt", weights_only=True))
     d = load_digits(32, 0.2, 0)
-    s = evaluate(model, d.x_test, d.y_test, None, batch_size=512,
-                 normalize=Normalizer(cfg.dataset.mean, cfg.dataset.std, torch.device("cpu")))
+    s = evaluate(
+        model,
+        d.x_test,
+        d.y_test,
+        None,
+        batch_size=512,
+        normalize=Normalizer(cfg.dataset.mean, cfg.dataset.std, torch.device("cpu")),
+    )
     assert s["accuracy"] == pytest.approx(read_results(run_dir)["final"]["test_accuracy"])
 
 
 def test_centralized_run(tmp_path):
     run_dir = tmp_path / "run"
-    proc = run_cli("mode=centralized", "centralized.epochs=3", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    proc = run_cli(
+        "mode=centralized", "centralized.epochs=3", f"hydra.run.dir={run_dir}", cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = read_results(run_dir)
     check_contract(res, "centralized")
@@ -105,7 +121,9 @@ def test_a_run_never_overwrites_results(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "results.json").write_text('{"status": "completed"}')
-    proc = run_cli("mode=centralized", "centralized.epochs=1", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    proc = run_cli(
+        "mode=centralized", "centralized.epochs=1", f"hydra.run.dir={run_dir}", cwd=tmp_path
+    )
     assert proc.returncode == 2
     assert "refusing to write into it" in proc.stderr
     assert (run_dir / "results.json").read_text() == '{"status": "completed"}'

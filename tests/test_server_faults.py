@@ -1,5 +1,6 @@
 """Fault handling on the server and the client, without Ray: Flower's own FedAvg and
 result types, fed the results and failures a simulation would deliver."""
+
 from __future__ import annotations
 
 import threading
@@ -15,7 +16,13 @@ from omegaconf import OmegaConf
 
 from fedexp.federated.client import ClientSpec, FedexpClient
 from fedexp.federated.faults import InjectedClientFailure, StragglerTimeout, fit_fails, stragglers
-from fedexp.federated.server import ClientLink, PartitionClientManager, RunEnded, RunStopped, ServerStrategy
+from fedexp.federated.server import (
+    ClientLink,
+    PartitionClientManager,
+    RunEnded,
+    RunStopped,
+    ServerStrategy,
+)
 
 
 class Proxy(ClientProxy):
@@ -49,9 +56,15 @@ def setup(n_clients=2, straggler_rate=0.0, accept_failures=True):
         cm.register(p)
     rounds = []
     w0 = [np.zeros(3, np.float32)]
-    inner = FedAvg(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=1,
-                   min_evaluate_clients=0, min_available_clients=n_clients,
-                   initial_parameters=ndarrays_to_parameters(w0), accept_failures=accept_failures)
+    inner = FedAvg(
+        fraction_fit=1.0,
+        fraction_evaluate=0.0,
+        min_fit_clients=1,
+        min_evaluate_clients=0,
+        min_available_clients=n_clients,
+        initial_parameters=ndarrays_to_parameters(w0),
+        accept_failures=accept_failures,
+    )
     strategy = ServerStrategy(inner, cm, rounds.append, seed=0, straggler_rate=straggler_rate)
     strategy.initialize_parameters(cm)
     return strategy, cm, rounds
@@ -76,16 +89,25 @@ def fit_round(strategy, cm, rnd, answers, finish=True):
 
 def test_failures_are_counted_and_left_to_the_strategy():
     strategy, cm, rounds = setup(n_clients=3)
-    params, _ = fit_round(strategy, cm, 1, {0: fit_res([np.ones(3, np.float32)]),
-                                            1: fit_res([np.full(3, 3.0, np.float32)]),
-                                            2: ValueError("client crashed")})
+    params, _ = fit_round(
+        strategy,
+        cm,
+        1,
+        {
+            0: fit_res([np.ones(3, np.float32)]),
+            1: fit_res([np.full(3, 3.0, np.float32)]),
+            2: ValueError("client crashed"),
+        },
+    )
     np.testing.assert_allclose(parameters_to_ndarrays(params)[0], 2.0)  # FedAvg of the two answers
     assert [(r["round"], r["fit_clients"], r["fit_failures"]) for r in rounds] == [(1, 2, 1)]
 
 
 def test_without_accept_failures_fedavg_skips_the_round():
     strategy, cm, _ = setup(n_clients=2, accept_failures=False)
-    params, _ = fit_round(strategy, cm, 1, {0: fit_res([np.ones(3, np.float32)]), 1: ValueError("x")})
+    params, _ = fit_round(
+        strategy, cm, 1, {0: fit_res([np.ones(3, np.float32)]), 1: ValueError("x")}
+    )
     assert params is None and strategy.recorder.current["aggregated"] is False
     np.testing.assert_array_equal(strategy.final_weights()[0], 0.0)  # unchanged global model
 
@@ -95,8 +117,15 @@ def test_a_round_where_every_client_fails_ends_the_run_as_failed():
     with pytest.raises(RunEnded) as ended:
         fit_round(strategy, cm, 1, {0: ValueError("Message: disk full'>"), 1: ValueError("boom")})
     assert ended.value.status == "failed"
-    assert str(ended.value) == "round 1: all 2 sampled clients failed, nothing to aggregate (e.g. ValueError: boom)"
-    assert rounds[-1]["round"] == 1 and rounds[-1]["fit_failures"] == 2 and rounds[-1]["fit_clients"] == 0
+    assert (
+        str(ended.value)
+        == "round 1: all 2 sampled clients failed, nothing to aggregate (e.g. ValueError: boom)"
+    )
+    assert (
+        rounds[-1]["round"] == 1
+        and rounds[-1]["fit_failures"] == 2
+        and rounds[-1]["fit_clients"] == 0
+    )
 
 
 def test_divergence_keeps_the_last_good_model():
@@ -104,7 +133,9 @@ def test_divergence_keeps_the_last_good_model():
     good = [np.full(3, 0.5, np.float32)]
     fit_round(strategy, cm, 1, {0: fit_res(good), 1: fit_res(good)})
     with pytest.raises(RunEnded) as ended:
-        fit_round(strategy, cm, 2, {0: fit_res([np.array([1, np.nan, 1], np.float32)]), 1: fit_res(good)})
+        fit_round(
+            strategy, cm, 2, {0: fit_res([np.array([1, np.nan, 1], np.float32)]), 1: fit_res(good)}
+        )
     assert ended.value.status == "diverged" and "NaN or infinite parameters" in str(ended.value)
     np.testing.assert_array_equal(strategy.final_weights()[0], good[0])
     assert rounds[-1]["round"] == 2
@@ -115,7 +146,10 @@ def test_clients_reporting_divergence_are_failures_and_all_diverged_ends_the_run
     report = fit_res([], n=0, diverged="client 0, round 1: training loss became nan")
     params, _ = fit_round(strategy, cm, 1, {0: report, 1: fit_res([np.ones(3, np.float32)])})
     np.testing.assert_array_equal(parameters_to_ndarrays(params)[0], 1.0)  # only the finite client
-    assert strategy.recorder.current["fit_diverged"] == 1 and strategy.recorder.current["fit_failures"] == 1
+    assert (
+        strategy.recorder.current["fit_diverged"] == 1
+        and strategy.recorder.current["fit_failures"] == 1
+    )
     with pytest.raises(RunEnded) as ended:
         fit_round(strategy, cm, 2, {0: report, 1: report})
     assert ended.value.status == "diverged"
@@ -142,7 +176,9 @@ def test_stragglers_never_reach_the_client():
     assert len(dropped) == 2
     for link, ins in instructions:
         if link.dropped:
-            with pytest.raises(StragglerTimeout, match=f"client {link.partition} dropped out of round 1"):
+            with pytest.raises(
+                StragglerTimeout, match=f"client {link.partition} dropped out of round 1"
+            ):
                 link.fit(ins, None, 1)
             assert link.inner.calls == 0
 
@@ -184,20 +220,31 @@ def test_fault_draws_are_seeded_and_have_the_asked_rates():
 
 @pytest.fixture
 def client_for(make_cfg):
+    from hydra.utils import instantiate
+
     from fedexp.data import partition
     from fedexp.data.datasets import load_digits
-    from hydra.utils import instantiate
 
     def build(*overrides):
         cfg = make_cfg("num_clients=3", *overrides)
         d = load_digits(32, 0.2, 0)
         parts = partition(d.y_train, instantiate(cfg.partitioning.partitioner), 0.1, 0)
-        spec = ClientSpec(cfg=OmegaConf.to_container(cfg, resolve=True), data_ref=None, device="cpu", threads=1)
-        client = FedexpClient(spec, {"x": d.x_train, "y": d.y_train, "train": parts.train, "val": parts.val})
+        spec = ClientSpec(
+            cfg=OmegaConf.to_container(cfg, resolve=True), data_ref=None, device="cpu", threads=1
+        )
+        client = FedexpClient(
+            spec, {"x": d.x_train, "y": d.y_train, "train": parts.train, "val": parts.val}
+        )
         torch.manual_seed(0)
         weights = [v.numpy() for v in client.model.state_dict().values()]
-        config = {"partition_id": 1, "server_round": 1, "seed": 0, "local_epochs": 1,
-                  "batch_size": 32, "lr": float(cfg.optimizer.lr)}
+        config = {
+            "partition_id": 1,
+            "server_round": 1,
+            "seed": 0,
+            "local_epochs": 1,
+            "batch_size": 32,
+            "lr": float(cfg.optimizer.lr),
+        }
         return client, weights, config
 
     return build

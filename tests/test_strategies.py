@@ -1,18 +1,19 @@
 """Every strategy option runs a round on digits; a user's own Strategy class works by its
 import path; q-FedAvg weights clients by the losses they report."""
+
 from __future__ import annotations
 
 import logging
 import math
 from pathlib import Path
 
+import flower_inprocess
 import numpy as np
 import pytest
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server.strategy import QFedAvg as FlowerQFedAvg
 from hydra.utils import get_class
 
-import flower_inprocess
 from fedexp.checks import ConfigError
 from fedexp.federated import strategies
 from fedexp.federated.methods.qfedavg import QFedAvg
@@ -20,13 +21,28 @@ from fedexp.main import config_dir
 from fedexp.models import CNN
 
 STRATEGIES = sorted(p.stem for p in (Path(config_dir()) / "strategy").glob("*.yaml"))
-SAMPLING = {"fraction_fit": 1.0, "fraction_evaluate": 0.5, "min_fit_clients": 1,
-            "min_evaluate_clients": 1, "accept_failures": True}
+SAMPLING = {
+    "fraction_fit": 1.0,
+    "fraction_evaluate": 0.5,
+    "min_fit_clients": 1,
+    "min_evaluate_clients": 1,
+    "accept_failures": True,
+}
 
 
 def test_the_issue_asks_for_these_strategies():
-    assert set(STRATEGIES) >= {"fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm",
-                               "fedmedian", "fedtrimmedavg", "krum", "qfedavg"}
+    assert set(STRATEGIES) >= {
+        "fedavg",
+        "fedprox",
+        "fedadam",
+        "fedyogi",
+        "fedadagrad",
+        "fedavgm",
+        "fedmedian",
+        "fedtrimmedavg",
+        "krum",
+        "qfedavg",
+    }
 
 
 @pytest.mark.parametrize("name", STRATEGIES)
@@ -35,22 +51,25 @@ def test_every_strategy_has_the_same_sampling_keys(make_cfg, name):
     assert {k: s[k] for k in SAMPLING} == SAMPLING and s.min_available_clients == 7
 
 
-@pytest.mark.parametrize("override,attribute,value", [
-    ("strategy=fedprox strategy.proximal_mu=0.3", "proximal_mu", 0.3),
-    ("strategy=fedadam strategy.eta=0.02", "eta", 0.02),
-    ("strategy=fedadam strategy.beta_2=0.9", "beta_2", 0.9),
-    ("strategy=fedyogi strategy.tau=0.01", "tau", 0.01),
-    ("strategy=fedadagrad strategy.eta=0.5", "eta", 0.5),
-    ("strategy=fedavgm strategy.server_momentum=0.5", "server_momentum", 0.5),
-    ("strategy=fedavgm strategy.server_learning_rate=0.7", "server_learning_rate", 0.7),
-    ("strategy=fedtrimmedavg strategy.beta=0.1", "beta", 0.1),
-    ("strategy=krum strategy.num_malicious_clients=1", "num_malicious_clients", 1),
-    ("strategy=krum strategy.num_clients_to_keep=2", "num_clients_to_keep", 2),
-    ("strategy=qfedavg strategy.q_param=1.5", "q_param", 1.5),
-    ("strategy=qfedavg strategy.qffl_learning_rate=0.05", "learning_rate", 0.05),
-    ("strategy=scaffold strategy.server_learning_rate=0.5", "server_learning_rate", 0.5),
-    ("strategy=feddyn strategy.alpha=0.1", "alpha", 0.1),
-])
+@pytest.mark.parametrize(
+    "override,attribute,value",
+    [
+        ("strategy=fedprox strategy.proximal_mu=0.3", "proximal_mu", 0.3),
+        ("strategy=fedadam strategy.eta=0.02", "eta", 0.02),
+        ("strategy=fedadam strategy.beta_2=0.9", "beta_2", 0.9),
+        ("strategy=fedyogi strategy.tau=0.01", "tau", 0.01),
+        ("strategy=fedadagrad strategy.eta=0.5", "eta", 0.5),
+        ("strategy=fedavgm strategy.server_momentum=0.5", "server_momentum", 0.5),
+        ("strategy=fedavgm strategy.server_learning_rate=0.7", "server_learning_rate", 0.7),
+        ("strategy=fedtrimmedavg strategy.beta=0.1", "beta", 0.1),
+        ("strategy=krum strategy.num_malicious_clients=1", "num_malicious_clients", 1),
+        ("strategy=krum strategy.num_clients_to_keep=2", "num_clients_to_keep", 2),
+        ("strategy=qfedavg strategy.q_param=1.5", "q_param", 1.5),
+        ("strategy=qfedavg strategy.qffl_learning_rate=0.05", "learning_rate", 0.05),
+        ("strategy=scaffold strategy.server_learning_rate=0.5", "server_learning_rate", 0.5),
+        ("strategy=feddyn strategy.alpha=0.1", "alpha", 0.1),
+    ],
+)
 def test_strategy_settings_reach_flower(make_cfg, override, attribute, value):
     cfg = make_cfg(*override.split())
     strategy = strategies.build(cfg, CNN(1, 32, 10))
@@ -59,7 +78,10 @@ def test_strategy_settings_reach_flower(make_cfg, override, attribute, value):
 
 def test_adaptive_strategies_mirror_the_clients_learning_rate(make_cfg):
     for name in ("fedadam", "fedyogi", "fedadagrad"):
-        assert make_cfg(f"strategy={name}", "optimizer=sgd", "optimizer.lr=0.05").strategy.eta_l == 0.05
+        assert (
+            make_cfg(f"strategy={name}", "optimizer=sgd", "optimizer.lr=0.05").strategy.eta_l
+            == 0.05
+        )
 
 
 @pytest.mark.parametrize("name", STRATEGIES)
@@ -78,8 +100,12 @@ def test_every_strategy_runs_a_round_on_digits(make_cfg, name):
 def test_a_users_own_strategy_by_import_path(make_cfg, caplog):
     """`strategy._target_=custom_strategy.FrozenFedAvg` (tests/custom_strategy.py), with its
     own key added by `+strategy.frozen=true`."""
-    cfg = make_cfg("strategy._target_=custom_strategy.FrozenFedAvg", "+strategy.frozen=true",
-                   "num_clients=3", "num_rounds=2")
+    cfg = make_cfg(
+        "strategy._target_=custom_strategy.FrozenFedAvg",
+        "+strategy.frozen=true",
+        "num_clients=3",
+        "num_rounds=2",
+    )
     with caplog.at_level(logging.WARNING, logger="fedexp"):
         strategy, rounds, _ = flower_inprocess.run(cfg)
     assert type(strategy.inner).__name__ == "FrozenFedAvg" and strategy.inner.fit_rounds == [1, 2]
@@ -93,7 +119,7 @@ def test_a_users_own_strategy_by_import_path(make_cfg, caplog):
 def test_a_strategy_target_that_is_not_a_strategy(make_cfg):
     with pytest.raises(ConfigError, match=r"strategy._target_=nowhere.Strategy cannot be imported"):
         strategies.build(make_cfg("strategy._target_=nowhere.Strategy"), CNN(1, 32, 10))
-    with pytest.raises(ConfigError, match="not a flwr.server.strategy.Strategy"):
+    with pytest.raises(ConfigError, match=r"not a flwr\.server\.strategy\.Strategy"):
         strategies.build(make_cfg("strategy._target_=builtins.dict"), CNN(1, 32, 10))
 
 
@@ -103,15 +129,19 @@ class _Proxy:
 
 
 def _fit_res(weights, loss):
-    return FitRes(Status(Code.OK, ""), ndarrays_to_parameters(weights), 10, {"loss_before_fit": loss})
+    return FitRes(
+        Status(Code.OK, ""), ndarrays_to_parameters(weights), 10, {"loss_before_fit": loss}
+    )
 
 
 def test_qfedavg_weights_clients_by_their_own_loss(make_cfg):
     """Two clients move the model in orthogonal directions; the one the model serves worse
     (loss 4 vs 1) pulls harder when q > 0, and q = 0 is the plain average."""
     w0 = [np.zeros(2)]
-    results = [(_Proxy("a"), _fit_res([np.array([0.1, 0.0])], 4.0)),
-               (_Proxy("b"), _fit_res([np.array([0.0, 0.1])], 1.0))]
+    results = [
+        (_Proxy("a"), _fit_res([np.array([0.1, 0.0])], 4.0)),
+        (_Proxy("b"), _fit_res([np.array([0.0, 0.1])], 1.0)),
+    ]
 
     def step(q, cls=QFedAvg, **kw):
         s = cls(q_param=q, qffl_learning_rate=0.1, **kw)

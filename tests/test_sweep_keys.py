@@ -5,24 +5,38 @@ leave it out and record it as unused (results.json's `unused_settings`, and a bl
 fedexp-compare's table). Outside a sweep, such a key is still a one-line error, which now
 names the options that have it.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 
 import pytest
-
 from conftest import run_cli
+
 from fedexp.command_line import prepare
 from fedexp.main import config_dir
 
 
 def test_a_key_some_swept_options_have_is_forced_in_and_marked_for_the_others():
-    line = prepare(["-m", "partitioning=iid,dirichlet,pathological", "partitioning.alpha=0.1",
-                    "partitioning.num_classes_per_partition=3", "seed=0,1"], config_dir())
+    line = prepare(
+        [
+            "-m",
+            "partitioning=iid,dirichlet,pathological",
+            "partitioning.alpha=0.1",
+            "partitioning.num_classes_per_partition=3",
+            "seed=0,1",
+        ],
+        config_dir(),
+    )
     assert line.problem is None
-    assert line.argv == ["-m", "partitioning=iid,dirichlet,pathological", "++partitioning.alpha=0.1",
-                         "++partitioning.num_classes_per_partition=3", "seed=0,1"]
+    assert line.argv == [
+        "-m",
+        "partitioning=iid,dirichlet,pathological",
+        "++partitioning.alpha=0.1",
+        "++partitioning.num_classes_per_partition=3",
+        "seed=0,1",
+    ]
     assert line.unused == {
         "partitioning=iid": ["partitioning.alpha", "partitioning.num_classes_per_partition"],
         "partitioning=dirichlet": ["partitioning.num_classes_per_partition"],
@@ -40,16 +54,25 @@ def test_keys_every_option_has_and_typos_are_left_alone():
 
 def test_outside_a_sweep_the_error_names_the_options_that_have_the_key():
     problem = prepare(["strategy.proximal_mu=0.1"], config_dir()).problem
-    assert problem == ("strategy.proximal_mu is not a setting of strategy=fedavg: only strategy=fedprox "
-                       "has it (in a sweep over strategy, it applies to the options that have it)")
+    assert problem == (
+        "strategy.proximal_mu is not a setting of strategy=fedavg: only strategy=fedprox "
+        "has it (in a sweep over strategy, it applies to the options that have it)"
+    )
 
 
 @pytest.mark.slow
 def test_a_sweep_over_strategies_with_different_keys_runs_every_job(tmp_path):
     """FedAvg's constructor would reject proximal_mu: its job must leave it out."""
     sweep = tmp_path / "sweep"
-    done = run_cli("-m", "strategy=fedavg,fedprox", "strategy.proximal_mu=0.3", "num_clients=3",
-                   "dry_run=true", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    done = run_cli(
+        "-m",
+        "strategy=fedavg,fedprox",
+        "strategy.proximal_mu=0.3",
+        "num_clients=3",
+        "dry_run=true",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     logs = {job: (sweep / job / "main.log").read_text() for job in ("0", "1")}
     assert "left out: strategy.proximal_mu=0.3" in logs["0"] and "strategy FedAvg" in logs["0"]
@@ -73,10 +96,23 @@ def test_each_job_uses_only_the_keys_its_options_have(tmp_path, monkeypatch, cap
     monkeypatch.setattr(ray, "init", no_ray)
     monkeypatch.setattr(simulation, "run_engine", no_ray)
     sweep = tmp_path / "sweep"
-    monkeypatch.setattr(sys, "argv", ["fedexp", "-m", "partitioning=iid,dirichlet", "partitioning.alpha=0.1",
-                                      "num_clients=3", "dry_run=true", f"hydra.sweep.dir={sweep}"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "fedexp",
+            "-m",
+            "partitioning=iid,dirichlet",
+            "partitioning.alpha=0.1",
+            "num_clients=3",
+            "dry_run=true",
+            f"hydra.sweep.dir={sweep}",
+        ],
+    )
     logging.getLogger("fedexp").setLevel(logging.INFO)
     fedexp_main.main()  # a sweep whose jobs all pass returns
     assert "sweep (dry run): 2 of 2 jobs passed" in capsys.readouterr().out
-    settings = [json.loads((sweep / job / "partitions.json").read_text())["settings"] for job in ("0", "1")]
+    settings = [
+        json.loads((sweep / job / "partitions.json").read_text())["settings"] for job in ("0", "1")
+    ]
     assert "alpha" not in settings[0] and settings[1]["alpha"] == 0.1

@@ -3,6 +3,7 @@
 The 2 x 3 federated sweep is the only one that starts Ray (once for its six jobs, one round
 each on digits with 2 clients); the failure sweep is centralized and fails fast.
 """
+
 from __future__ import annotations
 
 import csv
@@ -15,10 +16,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO, read_results
-from fedexp.results import without_timing
 from recording_methods import logged
+
+from fedexp.results import without_timing
 
 TAG = "FEDEXP_TEST_PROCESS_TAG"
 # Small runs would have their clients inline (simulation.backend=auto): these sweeps are
@@ -30,10 +31,17 @@ def run(module: str, *args: str, cwd: Path, timeout: float = 600):
     """`python -m MODULE ARGS` as a user would run it (tests/ importable, for the recording
     client)."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "tests"),
-                                         env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO), str(REPO / "tests"), env.get("PYTHONPATH", "")]
+    ).rstrip(os.pathsep)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def tagged_processes(tag: str, but: int = 0) -> list[tuple[int, str]]:
@@ -45,7 +53,9 @@ def tagged_processes(tag: str, but: int = 0) -> list[tuple[int, str]]:
             continue
         try:
             if f"{TAG}={tag}".encode() in Path(f"/proc/{pid}/environ").read_bytes():
-                found.append((int(pid), Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()))
+                found.append(
+                    (int(pid), Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode())
+                )
         except OSError:
             pass
     return found
@@ -61,11 +71,23 @@ def sweep(tmp_path_factory):
     tag = uuid.uuid4().hex
     env = dict(os.environ, PYTHONUNBUFFERED="1", **{TAG: tag})
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    args = ["-m", *SMALL, "strategy.fraction_fit=0.5,1.0", "seed=0,1,0", f"hydra.sweep.dir={sweep_dir}"]
+    args = [
+        "-m",
+        *SMALL,
+        "strategy.fraction_fit=0.5,1.0",
+        "seed=0,1,0",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
     leftovers, lines = {}, []
     with (cwd / "stderr.txt").open("w+") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "fedexp", *args], cwd=cwd, env=env,
-                                stdout=subprocess.PIPE, stderr=err, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fedexp", *args],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
         for line in proc.stdout:
             lines.append(line)
             job = re.search(r"\[HYDRA\]\s+#(\d+) : ", line)
@@ -86,7 +108,9 @@ def test_every_job_writes_its_full_results(sweep):
     for job in jobs:
         res = read_results(job)
         assert res["status"] == "completed" and len(res["rounds"]) == 1
-        fraction, seed = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())[len(SMALL):]
+        fraction, seed = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())[
+            len(SMALL) :
+        ]
         seen.add((fraction, seed))
         assert res["rounds"][0]["fit_clients"] == (1 if "fraction_fit=0.5" in fraction else 2)
         assert res["backend"] == "ray"
@@ -104,6 +128,7 @@ def test_the_jobs_share_one_ray_and_nothing_else(sweep):
     warm workers, give the same results."""
     sweep_dir, stdout, tag, leftovers = sweep
     assert stdout.count("starting Ray") == 1 and stdout.count("Ray of the job before") == 5
+    assert stdout.count("Ray started (") == 1 and stdout.count("clients ready (") == 6
     if Path("/proc/self/environ").exists():
         assert sorted(leftovers) == [1, 2, 3, 4, 5]
         programs = {program.rsplit("/", 1)[-1] for _, program in leftovers[1]}
@@ -119,8 +144,10 @@ def results_by_settings(sweep_dir: Path) -> dict[tuple[str, str], list[dict]]:
     out = {}
     for job in sorted(p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()):
         overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
-        key = tuple(next(o for o in overrides if o.startswith(f"{name}="))
-                    for name in ("strategy.fraction_fit", "seed"))
+        key = tuple(
+            next(o for o in overrides if o.startswith(f"{name}="))
+            for name in ("strategy.fraction_fit", "seed")
+        )
         out.setdefault(key, []).append(without_timing(read_results(job)))
     return out
 
@@ -129,13 +156,23 @@ def test_a_job_whose_client_process_died_leaves_the_next_job_a_fresh_ray(sweep, 
     """Flower puts an actor whose process died back into its pool; the next job must not
     inherit it. It gets a Ray of its own and the results of an unbroken sweep."""
     sweep_dir = tmp_path / "sweep"
-    proc = run("fedexp", "-m", *SMALL, "strategy.client._target_=recording_methods.CrashingClient",
-               "+strategy.client.crash=true,false", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
+    proc = run(
+        "fedexp",
+        "-m",
+        *SMALL,
+        "strategy.client._target_=recording_methods.CrashingClient",
+        "+strategy.client.crash=true,false",
+        f"hydra.sweep.dir={sweep_dir}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     crashed, after = read_results(sweep_dir / "0"), read_results(sweep_dir / "1")
     assert crashed["status"] == "completed" and crashed["rounds"][0]["fit_failures"] == 1
     assert "starting Ray" in (sweep_dir / "1" / "main.log").read_text()
-    assert without_timing(after) == results_by_settings(sweep[0])[("strategy.fraction_fit=1.0", "seed=0")][0]
+    assert (
+        without_timing(after)
+        == results_by_settings(sweep[0])[("strategy.fraction_fit=1.0", "seed=0")][0]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -145,10 +182,20 @@ def parallel_sweep(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("parallel")
     log_dir = cwd / "fits"
     log_dir.mkdir()
-    proc = run("fedexp", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "simulation.num_cpus=2",
-               *SMALL, "strategy.fraction_fit=0.5,1.0", "seed=1",
-               "strategy.client._target_=recording_methods.RecordingClient",
-               f"+strategy.client.log_dir={log_dir}", f"hydra.sweep.dir={cwd / 'sweep'}", cwd=cwd)
+    proc = run(
+        "fedexp",
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "simulation.num_cpus=2",
+        *SMALL,
+        "strategy.fraction_fit=0.5,1.0",
+        "seed=1",
+        "strategy.client._target_=recording_methods.RecordingClient",
+        f"+strategy.client.log_dir={log_dir}",
+        f"hydra.sweep.dir={cwd / 'sweep'}",
+        cwd=cwd,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return cwd / "sweep", log_dir
 
@@ -185,8 +232,16 @@ def test_submitit_local_runs_the_jobs_of_a_sweep(tmp_path):
     process of its own (centralized, so that this test starts no Ray; sharing the sweep's
     Ray is the joblib tests' part)."""
     sweep_dir = tmp_path / "sweep"
-    proc = run("fedexp", "-m", "hydra/launcher=submitit_local", "mode=centralized", "centralized.epochs=1",
-               "seed=0,1", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
+    proc = run(
+        "fedexp",
+        "-m",
+        "hydra/launcher=submitit_local",
+        "mode=centralized",
+        "centralized.epochs=1",
+        "seed=0,1",
+        f"hydra.sweep.dir={sweep_dir}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = [read_results(sweep_dir / job) for job in ("0", "1")]
     assert [(r["status"], r["seed"]) for r in runs] == [("completed", 0), ("completed", 1)]
@@ -195,11 +250,25 @@ def test_submitit_local_runs_the_jobs_of_a_sweep(tmp_path):
 
 
 def test_the_slurm_option_composes(tmp_path):
-    proc = run("fedexp", "--cfg", "hydra", "hydra/launcher=slurm", "hydra.launcher.partition=gpu", cwd=tmp_path)
+    proc = run(
+        "fedexp",
+        "--cfg",
+        "hydra",
+        "hydra/launcher=slurm",
+        "hydra.launcher.partition=gpu",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     launcher = yaml.safe_load(proc.stdout)["hydra"]["launcher"]
-    assert launcher["_target_"] == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
-    assert (launcher["partition"], launcher["cpus_per_task"], launcher["timeout_min"]) == ("gpu", 8, 120)
+    assert (
+        launcher["_target_"]
+        == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    )
+    assert (launcher["partition"], launcher["cpus_per_task"], launcher["timeout_min"]) == (
+        "gpu",
+        8,
+        120,
+    )
 
 
 def test_optuna_reports_the_best_trial(tmp_path):
@@ -207,15 +276,25 @@ def test_optuna_reports_the_best_trial(tmp_path):
     Centralized runs, so that the test starts no Ray: federated trials share one Ray as any
     sweep in this process does (test_the_jobs_share_one_ray_and_nothing_else)."""
     sweep_dir = tmp_path / "sweep"
-    proc = run("fedexp", "-m", "hparams_search=optuna_lr", "hydra.sweeper.n_trials=4", "mode=centralized",
-               "centralized.epochs=1", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
+    proc = run(
+        "fedexp",
+        "-m",
+        "hparams_search=optuna_lr",
+        "hydra.sweeper.n_trials=4",
+        "mode=centralized",
+        "centralized.epochs=1",
+        f"hydra.sweep.dir={sweep_dir}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     trials = {}
     for job in sweep_dir.iterdir():
         if (job / ".hydra").is_dir():
             overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
-            lr = float(next(o for o in overrides if o.startswith("optimizer.lr=")).partition("=")[2])
+            lr = float(
+                next(o for o in overrides if o.startswith("optimizer.lr=")).partition("=")[2]
+            )
             trials[lr] = read_results(job)["final"]["test_accuracy"]
     assert len(trials) == 4 and all(1e-4 <= lr <= 1e-1 for lr in trials)
     assert best["best_value"] == max(trials.values())
@@ -225,15 +304,19 @@ def test_optuna_reports_the_best_trial(tmp_path):
 def test_compare_the_sweep(sweep, tmp_path):
     sweep_dir = sweep[0]
     out_csv, png = tmp_path / "table.csv", tmp_path / "compare.png"
-    proc = run("fedexp.compare", str(sweep_dir), "--csv", str(out_csv), "--plot", str(png), cwd=tmp_path)
+    proc = run(
+        "fedexp.compare", str(sweep_dir), "--csv", str(out_csv), "--plot", str(png), cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr
     rows = list(csv.DictReader(out_csv.open()))
     assert len(rows) == 6
     columns = list(rows[0])
-    assert columns[:3] == ["run", "strategy.fraction_fit", "seed"]   # what differs, nothing else
+    assert columns[:3] == ["run", "strategy.fraction_fit", "seed"]  # what differs, nothing else
     for row in rows:
         res = read_results(sweep_dir / row["run"])
-        overrides = yaml.safe_load((sweep_dir / row["run"] / ".hydra" / "overrides.yaml").read_text())
+        overrides = yaml.safe_load(
+            (sweep_dir / row["run"] / ".hydra" / "overrides.yaml").read_text()
+        )
         assert f"strategy.fraction_fit={row['strategy.fraction_fit']}" in overrides
         assert f"seed={row['seed']}" in overrides
         assert float(row["final_test_accuracy"]) == res["final"]["test_accuracy"]
@@ -242,8 +325,11 @@ def test_compare_the_sweep(sweep, tmp_path):
     assert accs == sorted(accs, reverse=True)
     # printed: 4 run rows, then one seed group per fraction
     lines = proc.stdout.splitlines()
-    assert lines[0].startswith("6 runs") and len([l for l in lines[3:9] if "completed" in l]) == 6
-    assert sum(l.count(" ± ") == 3 for l in lines) == 2
+    assert (
+        lines[0].startswith("6 runs")
+        and len([line for line in lines[3:9] if "completed" in line]) == 6
+    )
+    assert sum(line.count(" ± ") == 3 for line in lines) == 2
     assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size > 10_000
 
 
@@ -252,9 +338,17 @@ def test_a_failed_job_leaves_the_others_intact(tmp_path):
     bad_checkpoint = tmp_path / "not-a-model.pt"
     bad_checkpoint.write_text("garbage")
     sweep_dir = tmp_path / "sweep"
-    proc = run("fedexp", "-m", "mode=centralized", "centralized.epochs=1", "num_clients=0,3",
-               f"init_checkpoint=null,{bad_checkpoint}", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
-    assert proc.returncode == 1, proc.stderr[-3000:]        # the sweep ran to its end, then says so
+    proc = run(
+        "fedexp",
+        "-m",
+        "mode=centralized",
+        "centralized.epochs=1",
+        "num_clients=0,3",
+        f"init_checkpoint=null,{bad_checkpoint}",
+        f"hydra.sweep.dir={sweep_dir}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 1, proc.stderr[-3000:]  # the sweep ran to its end, then says so
     results = {j: read_results(sweep_dir / str(j)) for j in range(4)}
     assert [results[j]["status"] for j in range(4)] == ["failed", "failed", "completed", "failed"]
     for j in (0, 1):
@@ -265,15 +359,26 @@ def test_a_failed_job_leaves_the_others_intact(tmp_path):
     assert "sweep: 1 of 4 jobs completed" in proc.stdout
     compared = run("fedexp.compare", str(sweep_dir), cwd=tmp_path)
     assert compared.returncode == 0, compared.stderr
-    assert compared.stdout.count(" failed ") == 3 and "0: ConfigError: num_clients=0" in compared.stdout
+    assert (
+        compared.stdout.count(" failed ") == 3
+        and "0: ConfigError: num_clients=0" in compared.stdout
+    )
 
 
 def test_help_lists_groups_options_and_examples(tmp_path):
     proc = run("fedexp", "--help", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     conf = REPO / "conf"
-    for group in ("dataset", "model", "optimizer", "strategy", "partitioning", "device", "experiment"):
+    for group in (
+        "dataset",
+        "model",
+        "optimizer",
+        "strategy",
+        "partitioning",
+        "device",
+        "experiment",
+    ):
         options = ", ".join(sorted(p.stem for p in (conf / group).glob("*.yaml")))
         assert f"{group}: {options}" in proc.stdout
     assert "fedexp -m " in proc.stdout and "fedexp-compare " in proc.stdout
-    assert "num_rounds: 5" in proc.stdout     # and the composed config
+    assert "num_rounds: 5" in proc.stdout  # and the composed config

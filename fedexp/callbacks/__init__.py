@@ -14,6 +14,7 @@ sweeps read, so it is always written.
 A callback that raises (a tracking server that went away) is reported in one warning and
 left out for the rest of the run; the run, its own files and the other callbacks go on.
 """
+
 from __future__ import annotations
 
 import logging
@@ -47,9 +48,14 @@ class Callbacks:
                 getattr(callback, hook)(*args)
             except Exception as e:  # a logger must not lose the run
                 self.items.remove(callback)
-                log.warning("%s failed in %s (%s: %s); it is left out for the rest of the run, whose "
-                            "own files go on", type(callback).__name__, hook, type(e).__name__,
-                            str(e).strip().splitlines()[0][:200] if str(e).strip() else "")
+                log.warning(
+                    "%s failed in %s (%s: %s); it is left out for the rest of the run, whose "
+                    "own files go on",
+                    type(callback).__name__,
+                    hook,
+                    type(e).__name__,
+                    str(e).strip().splitlines()[0][:200] if str(e).strip() else "",
+                )
 
     def on_run_start(self, run) -> None:
         self._call("on_run_start", run)
@@ -62,11 +68,15 @@ class Callbacks:
 
 
 # The package each logger needs, and fedexp's extra that installs it.
-EXTRAS = {"tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "mlflow"),
-          "wandb": ("wandb", "wandb")}
+EXTRAS = {
+    "tensorboard": ("tensorboard", "tensorboard"),
+    "mlflow": ("mlflow", "mlflow"),
+    "wandb": ("wandb", "wandb"),
+}
 
 
-ARTIFACTS = ("results.json", "results.png", "partitions.png", "model.pt")  # what a tracker keeps of a run
+# What a tracker keeps of a run.
+ARTIFACTS = ("results.json", "results.png", "partitions.png", "model.pt")
 
 
 def flat(record: dict, prefix: str = "") -> dict:
@@ -84,8 +94,19 @@ def numbers(record: dict) -> dict:
     """The finite numbers of a flattened record (what a tracker plots)."""
     import math
 
-    return {k: float(v) for k, v in flat(record).items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+    return {
+        k: float(v)
+        for k, v in flat(record).items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    }
+
+
+def measures(record: dict) -> tuple[int, dict]:
+    """A round's (epoch's) number, and its other numbers: what a tracker logs at that step."""
+    from ..results import STEPS, step_number
+
+    step_keys = {key for _, key in STEPS.values()}
+    return step_number(record), {k: v for k, v in numbers(record).items() if k not in step_keys}
 
 
 def build(cfg) -> Callbacks:

@@ -3,6 +3,7 @@
 
 Rows are appended, one write each; a round that brings a new key rewrites the file whole
 (atomically) with the new column, so the file never has rows of different widths."""
+
 from __future__ import annotations
 
 import csv
@@ -20,7 +21,8 @@ class MetricsCSV(Callback):
     def _row(self, record: dict) -> str:
         buf = io.StringIO()
         csv.DictWriter(buf, fieldnames=self.columns, extrasaction="ignore").writerow(
-            {k: ("" if v is None else v) for k, v in flat(record).items()})
+            {k: ("" if v is None else v) for k, v in flat(record).items()}
+        )
         return buf.getvalue()
 
     def _write_whole(self, run) -> None:

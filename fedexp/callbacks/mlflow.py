@@ -13,6 +13,7 @@ mlflow.json).
 A server that does not answer fails a request after `request_timeout` seconds and
 `max_retries` retries (MLflow's defaults would retry for minutes); the logger is then left
 out of the run (see fedexp/callbacks)."""
+
 from __future__ import annotations
 
 import json
@@ -20,11 +21,17 @@ import os
 import time
 from pathlib import Path
 
-from . import ARTIFACTS, Callback, flat, numbers
+from . import ARTIFACTS, Callback, flat, measures, numbers
+
 
 class MLflowLogger(Callback):
-    def __init__(self, tracking_uri: str | None = None, experiment_name: str = "fedexp",
-                 request_timeout: float = 10.0, max_retries: int = 1):
+    def __init__(
+        self,
+        tracking_uri: str | None = None,
+        experiment_name: str = "fedexp",
+        request_timeout: float = 10.0,
+        max_retries: int = 1,
+    ):
         self.tracking_uri, self.experiment_name = tracking_uri, experiment_name
         self.request_timeout, self.max_retries = request_timeout, max_retries
         self.client = self.run_id = None
@@ -63,24 +70,31 @@ class MLflowLogger(Callback):
         if earlier.get("tracking_uri") == uri and run.data.get("resumed_after"):
             self.run_id = earlier["run_id"]
             return
-        name = self.experiment_name if not run.sweep else f"{self.experiment_name} sweep {run.sweep}"
-        created = self.client.create_run(self._experiment(name, artifacts), run_name=run.dir.name,
-                                         tags={"fedexp.run_dir": str(run.dir.resolve())})
+        name = (
+            self.experiment_name if not run.sweep else f"{self.experiment_name} sweep {run.sweep}"
+        )
+        created = self.client.create_run(
+            self._experiment(name, artifacts),
+            run_name=run.dir.name,
+            tags={"fedexp.run_dir": str(run.dir.resolve())},
+        )
         self.run_id = created.info.run_id
         record.write_text(json.dumps({"tracking_uri": uri, "run_id": self.run_id}) + "\n")
         params = [Param(k, str(v)[:6000]) for k, v in flat(run.config).items()]
         for i in range(0, len(params), 100):
-            self.client.log_batch(self.run_id, params=params[i:i + 100])
+            self.client.log_batch(self.run_id, params=params[i : i + 100])
 
     def _metrics(self, values: dict, step: int) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in values.items()])
+        self.client.log_batch(
+            self.run_id, metrics=[Metric(k, v, now, step) for k, v in values.items()]
+        )
 
     def on_step(self, run, record: dict) -> None:
-        step = record.get("round", record.get("epoch"))
-        self._metrics({k: v for k, v in numbers(record).items() if k not in ("round", "epoch")}, step)
+        step, values = measures(record)
+        self._metrics(values, step)
 
     def on_run_end(self, run) -> None:
         final = {f"final_{k}": v for k, v in numbers(run.data.get("final") or {}).items()}
@@ -89,5 +103,7 @@ class MLflowLogger(Callback):
         for name in ARTIFACTS:
             if (run.dir / name).is_file():
                 self.client.log_artifact(self.run_id, str(run.dir / name))
-        status = {"completed": "FINISHED", "interrupted": "KILLED"}.get(run.data.get("status"), "FAILED")
+        status = {"completed": "FINISHED", "interrupted": "KILLED"}.get(
+            run.data.get("status"), "FAILED"
+        )
         self.client.set_terminated(self.run_id, status)

@@ -4,9 +4,10 @@ with the final test numbers (TensorBoard's HParams view compares a sweep's runs)
 
 A resumed run purges the steps after its checkpoint, which TensorBoard would otherwise
 show twice."""
+
 from __future__ import annotations
 
-from . import Callback, flat, numbers
+from . import Callback, flat, measures, numbers
 
 
 class TensorBoardLogger(Callback):
@@ -22,15 +23,17 @@ class TensorBoardLogger(Callback):
         self.writer = SummaryWriter(str(run.dir / self.folder), purge_step=purge)
 
     def on_step(self, run, record: dict) -> None:
-        step = record.get("round", record.get("epoch"))
-        for key, value in numbers(record).items():
-            if key not in ("round", "epoch"):
-                self.writer.add_scalar(key, value, step)
+        step, values = measures(record)
+        for key, value in values.items():
+            self.writer.add_scalar(key, value, step)
         self.writer.flush()
 
     def on_run_end(self, run) -> None:
-        hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
-                   for k, v in flat(run.config).items() if v is not None}
+        hparams = {
+            k: v if isinstance(v, (int, float, str, bool)) else str(v)
+            for k, v in flat(run.config).items()
+            if v is not None
+        }
         final = {f"final/{k}": v for k, v in numbers(run.data.get("final") or {}).items()}
         self.writer.add_hparams(hparams, final, run_name=".")
         self.writer.close()

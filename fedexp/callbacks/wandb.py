@@ -6,29 +6,44 @@ results.json, results.png, partitions.png and model.pt saved with it.
 run directory's `wandb/`, and `wandb sync outputs/.../wandb/offline-run-*` uploads it
 later. `mode: online` logs as it goes. The runs of one sweep share a `group` (the sweep's
 directory), so W&B shows them together."""
+
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
-from . import ARTIFACTS, Callback, flat, numbers
+from . import ARTIFACTS, Callback, flat, measures, numbers
+
 
 class WandbLogger(Callback):
-    def __init__(self, project: str = "fedexp", mode: str = "offline", entity: str | None = None,
-                 group: str | None = None):
+    def __init__(
+        self,
+        project: str = "fedexp",
+        mode: str = "offline",
+        entity: str | None = None,
+        group: str | None = None,
+    ):
         self.project, self.mode, self.entity, self.group = project, mode, entity, group
         self.run = None
 
     def on_run_start(self, run) -> None:
         import wandb
 
-        self.run = wandb.init(project=self.project, entity=self.entity, mode=self.mode, dir=str(run.dir),
-                              name=run.dir.name, group=self.group or run.sweep, config=flat(run.config),
-                              reinit="create_new", settings=wandb.Settings(silent=True, console="off"))
+        self.run = wandb.init(
+            project=self.project,
+            entity=self.entity,
+            mode=self.mode,
+            dir=str(run.dir),
+            name=run.dir.name,
+            group=self.group or run.sweep,
+            config=flat(run.config),
+            reinit="create_new",
+            settings=wandb.Settings(silent=True, console="off"),
+        )
 
     def on_step(self, run, record: dict) -> None:
-        step = record.get("round", record.get("epoch"))
-        self.run.log({k: v for k, v in numbers(record).items() if k not in ("round", "epoch")}, step=step)
+        step, values = measures(record)
+        self.run.log(values, step=step)
 
     def on_run_end(self, run) -> None:
         for key, value in numbers(run.data.get("final") or {}).items():

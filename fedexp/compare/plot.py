@@ -3,6 +3,7 @@ group (the mean, with a band of ± one sample standard deviation), labelled by t
 that differ. Centralized runs have no rounds: they are horizontal reference lines at their
 final test accuracy and loss.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -21,12 +22,22 @@ def _series(settings: Settings, groups: list[SeedGroup]) -> list[tuple[str, str,
     out = []
     for g in groups:
         if len(g.completed) > 1:
-            out.append((_label(label(g.settings, ""), g.mode, f"mean ± std of {len(g.completed)} seeds"),
-                        g.mode, g.completed))
+            out.append(
+                (
+                    _label(
+                        label(g.settings, ""), g.mode, f"mean ± std of {len(g.completed)} seeds"
+                    ),
+                    g.mode,
+                    g.completed,
+                )
+            )
             continue
         for r in g.runs:
-            text = _label(label(settings.of_run(index[id(r)]), r.name), r.mode,
-                          "" if r.status == "completed" else r.status)
+            text = _label(
+                label(settings.of_run(index[id(r)]), r.name),
+                r.mode,
+                "" if r.status == "completed" else r.status,
+            )
             out.append((text, r.mode, [r]))
     return out
 
@@ -43,7 +54,11 @@ def _mean_std(runs: list[Run], metric: str) -> tuple[list[int], list[float], lis
     curves = [dict(zip(*r.curve(metric))) for r in runs]
     xs = sorted(set.intersection(*(set(c) for c in curves)))
     ys = [[c[x] for c in curves] for x in xs]
-    return xs, [statistics.fmean(y) for y in ys], [statistics.stdev(y) if len(y) > 1 else 0.0 for y in ys]
+    return (
+        xs,
+        [statistics.fmean(y) for y in ys],
+        [statistics.stdev(y) if len(y) > 1 else 0.0 for y in ys],
+    )
 
 
 def _final(runs: list[Run], metric: str) -> list[float]:
@@ -59,8 +74,14 @@ def plot(settings: Settings, groups: list[SeedGroup], out: Path) -> Path:
     from matplotlib.ticker import MaxNLocator
 
     series = _series(settings, groups)
-    drawable = [s for s in series if any(
-        (r.curve("accuracy")[0] if r.mode == "federated" else _final([r], "accuracy")) for r in s[2])]
+    drawable = [
+        s
+        for s in series
+        if any(
+            (r.curve("accuracy")[0] if r.mode == "federated" else _final([r], "accuracy"))
+            for r in s[2]
+        )
+    ]
     if not drawable:
         raise CompareError("no run has test results to plot yet")
     ncol = 1 if len(drawable) > 4 else 2
@@ -75,8 +96,13 @@ def plot(settings: Settings, groups: list[SeedGroup], out: Path) -> Path:
                 xs, mean, std = _mean_std(runs, metric)
                 ax.plot(xs, mean, marker="o", markersize=3, color=color, label=text)
                 if len(runs) > 1:
-                    ax.fill_between(xs, [m - s for m, s in zip(mean, std)],
-                                    [m + s for m, s in zip(mean, std)], color=color, alpha=0.2)
+                    ax.fill_between(
+                        xs,
+                        [m - s for m, s in zip(mean, std)],
+                        [m + s for m, s in zip(mean, std)],
+                        color=color,
+                        alpha=0.2,
+                    )
             else:
                 finals = _final(runs, metric)
                 if not finals:

@@ -1,9 +1,10 @@
 """Finding runs and reading what they left: results.json (checked against the contract in
-the README) and Hydra's snapshot of the run's settings in `.hydra/`.
+docs/results.md) and Hydra's snapshot of the run's settings in `.hydra/`.
 
 Only these files are read: a comparison works on results copied off a cluster or out of
 an archive, without the data, the models or the code that made them.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,25 +15,29 @@ from pathlib import Path
 
 import yaml
 
-from ..results import read_json
+from ..results import STEPS, read_json, steps_of
 
 MODES = ("federated", "centralized")
-STEPS = {"federated": ("rounds", "round"), "centralized": ("epochs", "epoch")}
-CONTRACT = 'see the README, "results.json"'
+CONTRACT = "see docs/results.md"
 
 
 class CompareError(Exception):
     """A problem with the paths or files given; the message is one line for the user."""
 
 
+def _number_in(section: str, key: str) -> property:
+    """`key` of the run's `section` (a dict property, e.g. `final`), or None."""
+    return property(lambda run: getattr(run, section).get(key))
+
+
 @dataclass
 class Run:
     dir: Path
     results: dict
-    config: dict               # the composed config, interpolations unresolved
-    overrides: list[str]       # the command-line overrides of the run
-    choices: dict[str, str]    # Hydra's record of the option picked in each config group
-    name: str = ""             # short name: the directory relative to all runs' common parent
+    config: dict  # the composed config, interpolations unresolved
+    overrides: list[str]  # the command-line overrides of the run
+    choices: dict[str, str]  # Hydra's record of the option picked in each config group
+    name: str = ""  # short name: the directory relative to all runs' common parent
 
     @property
     def status(self) -> str:
@@ -44,19 +49,14 @@ class Run:
 
     @property
     def steps(self) -> list[dict]:
-        return self.results.get(STEPS.get(self.mode, ("rounds",))[0]) or []
+        return steps_of(self.results)
 
     @property
     def final(self) -> dict:
         return self.results.get("final") or {}
 
-    @property
-    def final_accuracy(self) -> float | None:
-        return self.final.get("test_accuracy")
-
-    @property
-    def final_loss(self) -> float | None:
-        return self.final.get("test_loss")
+    final_accuracy = _number_in("final", "test_accuracy")
+    final_loss = _number_in("final", "test_loss")
 
     @property
     def best_accuracy(self) -> float | None:
@@ -73,17 +73,9 @@ class Run:
                 return s["all_clients"]
         return {}
 
-    @property
-    def clients_mean_accuracy(self) -> float | None:
-        return self.all_clients.get("mean_accuracy")
-
-    @property
-    def clients_p10_accuracy(self) -> float | None:
-        return self.all_clients.get("p10_accuracy")
-
-    @property
-    def clients_min_accuracy(self) -> float | None:
-        return self.all_clients.get("min_accuracy")
+    clients_mean_accuracy = _number_in("all_clients", "mean_accuracy")
+    clients_p10_accuracy = _number_in("all_clients", "p10_accuracy")
+    clients_min_accuracy = _number_in("all_clients", "min_accuracy")
 
     @property
     def wall_seconds(self) -> float:
@@ -122,8 +114,10 @@ def find_run_dirs(paths: list[str]) -> list[Path]:
         else:
             dirs = sorted((f.parent for f in p.rglob("results.json") if f.is_file()), key=_natural)
             if not dirs:
-                raise CompareError(f"{arg}: no results.json in it or below it (not a fedexp run or "
-                                   f"sweep directory, or no job has started yet)")
+                raise CompareError(
+                    f"{arg}: no results.json in it or below it (not a fedexp run or "
+                    f"sweep directory, or no job has started yet)"
+                )
         for d in dirs:
             found.setdefault(d.resolve(), None)
     return list(found)
@@ -136,8 +130,11 @@ def _number(v) -> bool:
 def check_contract(data, where: str) -> None:
     """Raise CompareError unless `data` has what the table and plot read, with the types
     the results.json contract gives them (extra keys are fine: the contract may grow)."""
+
     def bad(what: str):
-        raise CompareError(f"{where} does not follow the results.json contract: {what} ({CONTRACT})")
+        raise CompareError(
+            f"{where} does not follow the results.json contract: {what} ({CONTRACT})"
+        )
 
     if not isinstance(data, dict):
         bad("it is not a JSON object")
@@ -163,7 +160,11 @@ def check_contract(data, where: str) -> None:
     if not isinstance((data.get("data") or {}).get("dataset", ""), str):
         bad(f"data.dataset is {data['data']['dataset']!r}, expected a name")
     for key in ("test_loss", "test_accuracy"):
-        if data.get("initial") and data["initial"].get(key) is not None and not _number(data["initial"][key]):
+        if (
+            data.get("initial")
+            and data["initial"].get(key) is not None
+            and not _number(data["initial"][key])
+        ):
             bad(f"initial.{key} is {data['initial'][key]!r}, expected a number or null")
     if mode not in MODES:
         return
@@ -182,7 +183,9 @@ def check_contract(data, where: str) -> None:
             bad(f"{steps_key}[{i}].all_clients is {clients!r}, expected an object")
         for key in ("mean_accuracy", "p10_accuracy", "min_accuracy"):
             if clients and clients.get(key) is not None and not _number(clients[key]):
-                bad(f"{steps_key}[{i}].all_clients.{key} is {clients[key]!r}, expected a number or null")
+                bad(
+                    f"{steps_key}[{i}].all_clients.{key} is {clients[key]!r}, expected a number or null"
+                )
 
 
 def _yaml(path: Path):
@@ -199,19 +202,24 @@ def load_run(run_dir: Path) -> Run:
     except UnicodeDecodeError as e:
         raise CompareError(f"{path} is not UTF-8 text (byte {e.start}); {CONTRACT}") from None
     except json.JSONDecodeError as e:
-        raise CompareError(f"{path} is not valid JSON ({e.msg}, line {e.lineno}); "
-                           f"{CONTRACT}") from None
+        raise CompareError(
+            f"{path} is not valid JSON ({e.msg}, line {e.lineno}); {CONTRACT}"
+        ) from None
     except OSError as e:
         raise CompareError(f"{path} cannot be read ({e.strerror or type(e).__name__})") from None
     check_contract(data, str(path))
     snapshot = run_dir / ".hydra"
     if not (snapshot / "config.yaml").is_file():
-        raise CompareError(f"{run_dir} has no .hydra/config.yaml (Hydra's record of the run's "
-                           f"settings), so it cannot be told apart from the other runs")
+        raise CompareError(
+            f"{run_dir} has no .hydra/config.yaml (Hydra's record of the run's "
+            f"settings), so it cannot be told apart from the other runs"
+        )
     config = _yaml(snapshot / "config.yaml")
     if not isinstance(config, dict):
         raise CompareError(f"{snapshot / 'config.yaml'} does not hold a config")
-    overrides = _yaml(snapshot / "overrides.yaml") if (snapshot / "overrides.yaml").is_file() else []
+    overrides = (
+        _yaml(snapshot / "overrides.yaml") if (snapshot / "overrides.yaml").is_file() else []
+    )
     choices = {}
     if (snapshot / "hydra.yaml").is_file():  # only for the names of default group options
         hydra_cfg = _yaml(snapshot / "hydra.yaml") or {}
@@ -237,6 +245,8 @@ def check_same_dataset(runs: list[Run]) -> None:
             counts[name] = counts.get(name, 0) + 1
     if len(counts) > 1:
         listed = ", ".join(f"{name}: {n} run{'s' * (n > 1)}" for name, n in sorted(counts.items()))
-        raise CompareError(f"the runs were tested on different datasets ({listed}), so their "
-                           f"accuracies cannot be compared; compare each dataset's runs on their "
-                           f"own, or pass --mixed-datasets")
+        raise CompareError(
+            f"the runs were tested on different datasets ({listed}), so their "
+            f"accuracies cannot be compared; compare each dataset's runs on their "
+            f"own, or pass --mixed-datasets"
+        )

@@ -5,21 +5,19 @@ The standard deviation is the sample standard deviation (n - 1 in the denominato
 `statistics.stdev`), the one papers report for a handful of seeds; a group of one run has
 none.
 """
+
 from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass, field
 
+from ..modes import unused_by_mode
 from .runs import Run
 
-# Keys a mode never reads. They are left blank for runs of that mode, so that comparing a
-# federated sweep with a centralized baseline does not list the baseline's unused strategy.
-UNUSED_BY_MODE = {"centralized": ("strategy", "num_rounds", "local_epochs", "simulation"),
-                  "federated": ("centralized",)}
 # hydra.*: output paths and such; mode has its own column; what observes or checkpoints a
 # run (callbacks, loggers, checkpoint) does not change its numbers.
 NOT_SETTINGS = ("hydra", "mode", "callbacks", "logger", "checkpoint")
-MISSING = "-"                      # a key a run's config does not have
+MISSING = "-"  # a key a run's config does not have
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, object]:
@@ -49,10 +47,12 @@ def _under(key: str, prefix: str) -> bool:
 
 
 def unused(run: Run, key: str) -> bool:
-    """Settings the run did not use: those of the other mode, and those a sweep gave it
-    that its options do not have (results.json's `unused_settings`)."""
-    return (any(_under(key, p) for p in UNUSED_BY_MODE.get(run.mode, ()))
-            or any(_under(key, p) for p in run.results.get("unused_settings") or []))
+    """Settings the run did not use, left blank: those of the other mode (so that a
+    centralized baseline beside a federated sweep shows no strategy), and those a sweep
+    gave it that its options do not have (results.json's `unused_settings`)."""
+    return unused_by_mode(run.mode, key) or any(
+        _under(key, p) for p in run.results.get("unused_settings") or []
+    )
 
 
 def parse_overrides(lines: list[str]) -> list[tuple[str, str]]:
@@ -61,8 +61,9 @@ def parse_overrides(lines: list[str]) -> list[tuple[str, str]]:
 
     try:
         parsed = OverridesParser.create().parse_overrides(lines)
-        return [(o.key_or_group, "" if o.is_delete() else o.get_value_element_as_str())
-                for o in parsed]
+        return [
+            (o.key_or_group, "" if o.is_delete() else o.get_value_element_as_str()) for o in parsed
+        ]
     except Exception:  # not Hydra syntax after all: fall back to key=value
         return [tuple(line.lstrip("+~").split("=", 1)) for line in lines if "=" in line]
 
@@ -80,7 +81,7 @@ class Settings:
     values: dict[str, list[str | None]] = field(default_factory=dict)  # None: unused by the run
 
     @classmethod
-    def of(cls, runs: list[Run]) -> "Settings":
+    def of(cls, runs: list[Run]) -> Settings:
         self = cls(runs)
         flat = [flatten(r.config) for r in runs]
         overrides = [dict(parse_overrides(r.overrides)) for r in runs]
@@ -95,7 +96,9 @@ class Settings:
             path = key.replace("/", ".")
             if unused(runs[i], path):
                 return None
-            is_group = key in groups or (path not in flat[i] and any(_under(k, path) for k in flat[i]))
+            is_group = key in groups or (
+                path not in flat[i] and any(_under(k, path) for k in flat[i])
+            )
             if is_group:
                 return overrides[i].get(key) or show(runs[i].choices.get(key, "default"))
             return show(flat[i][path]) if path in flat[i] else MISSING
@@ -108,9 +111,13 @@ class Settings:
         for key in sorted(set().union(*flat)):
             if not _is_setting(key) or any(_under(key, c) for c in explained):
                 continue
-            self._add_if_differs(key, [None if unused(r, key) else
-                                       show(f[key]) if key in f else MISSING
-                                       for r, f in zip(runs, flat)])
+            self._add_if_differs(
+                key,
+                [
+                    None if unused(r, key) else show(f[key]) if key in f else MISSING
+                    for r, f in zip(runs, flat)
+                ],
+            )
         return self
 
     def _add_if_differs(self, key: str, vals: list[str | None]) -> None:
@@ -130,26 +137,31 @@ def label(settings: dict[str, str | None], fallback: str) -> str:
 @dataclass
 class Stat:
     mean: float | None
-    std: float | None     # sample standard deviation; None for fewer than two values
+    std: float | None  # sample standard deviation; None for fewer than two values
     n: int
 
     @classmethod
-    def of(cls, values: list[float | None]) -> "Stat":
+    def of(cls, values: list[float | None]) -> Stat:
         xs = [v for v in values if v is not None]
-        return cls(statistics.fmean(xs) if xs else None,
-                   statistics.stdev(xs) if len(xs) > 1 else None, len(xs))
+        return cls(
+            statistics.fmean(xs) if xs else None,
+            statistics.stdev(xs) if len(xs) > 1 else None,
+            len(xs),
+        )
 
     def text(self, spec: str) -> str:
         if self.mean is None:
             return MISSING
-        return format(self.mean, spec) + ("" if self.std is None else " ± " + format(self.std, spec))
+        return format(self.mean, spec) + (
+            "" if self.std is None else " ± " + format(self.std, spec)
+        )
 
 
 @dataclass
 class SeedGroup:
     """Runs whose settings are equal except for `seed`."""
 
-    settings: dict[str, str | None]   # the differing settings, seed excluded
+    settings: dict[str, str | None]  # the differing settings, seed excluded
     mode: str
     runs: list[Run]
 
@@ -179,13 +191,18 @@ def _desc(v: float | None) -> tuple:
     return (v is None, -(v or 0.0))
 
 
-METRICS = [("final test acc", "final_accuracy", ".4f"), ("best test acc", "best_accuracy", ".4f"),
-           ("final test loss", "final_loss", ".4f")]
+METRICS = [
+    ("final test acc", "final_accuracy", ".4f"),
+    ("best test acc", "best_accuracy", ".4f"),
+    ("final test loss", "final_loss", ".4f"),
+]
 # Shown when some run evaluated every client (evaluation.all_clients_every): the mean over
 # clients and the worst tail, from the last such evaluation.
-CLIENT_METRICS = [("clients mean acc", "clients_mean_accuracy", ".4f"),
-                  ("clients p10 acc", "clients_p10_accuracy", ".4f"),
-                  ("clients min acc", "clients_min_accuracy", ".4f")]
+CLIENT_METRICS = [
+    ("clients mean acc", "clients_mean_accuracy", ".4f"),
+    ("clients p10 acc", "clients_p10_accuracy", ".4f"),
+    ("clients min acc", "clients_min_accuracy", ".4f"),
+]
 
 
 def metrics(runs: list[Run]) -> list[tuple[str, str, str]]:
@@ -198,18 +215,29 @@ def _fmt(v, spec: str) -> str:
 
 def run_rows(settings: Settings) -> tuple[list[str], list[list[str]], list[int]]:
     """Header and text rows of the run table, best final test accuracy first; the order."""
-    order = sorted(range(len(settings.runs)),
-                   key=lambda i: (_desc(settings.runs[i].final_accuracy), settings.runs[i].name))
+    order = sorted(
+        range(len(settings.runs)),
+        key=lambda i: (_desc(settings.runs[i].final_accuracy), settings.runs[i].name),
+    )
     shown = metrics(settings.runs)
-    header = ["run", *settings.columns, "status", "mode", "rounds"] + [m[0] for m in shown] + ["wall s"]
+    header = (
+        ["run", *settings.columns, "status", "mode", "rounds"] + [m[0] for m in shown] + ["wall s"]
+    )
     rows = []
     for i in order:
         r = settings.runs[i]
         rounds = str(len(r.steps)) + (" ep" if r.mode == "centralized" else "")
-        rows.append([r.name, *["" if v is None else v for v in settings.of_run(i).values()],
-                     r.status, str(r.mode), rounds]
-                    + [_fmt(getattr(r, attr), spec) for _, attr, spec in shown]
-                    + [_fmt(r.wall_seconds, ".1f")])
+        rows.append(
+            [
+                r.name,
+                *["" if v is None else v for v in settings.of_run(i).values()],
+                r.status,
+                str(r.mode),
+                rounds,
+            ]
+            + [_fmt(getattr(r, attr), spec) for _, attr, spec in shown]
+            + [_fmt(r.wall_seconds, ".1f")]
+        )
     return header, rows, order
 
 
@@ -219,10 +247,16 @@ def group_rows(settings: Settings, groups: list[SeedGroup]) -> tuple[list[str], 
     header = [*columns, "mode", "seeds", "n"] + [m[0] for m in shown] + ["wall s"]
     rows = []
     for g in groups:
-        n = f"{len(g.completed)}" if len(g.completed) == len(g.runs) else f"{len(g.completed)} of {len(g.runs)}"
-        rows.append([*["" if g.settings[c] is None else g.settings[c] for c in columns], g.mode,
-                     g.seeds, n] + [g.stat(attr).text(spec) for _, attr, spec in shown]
-                    + [_fmt(g.stat("wall_seconds").mean, ".1f")])
+        n = (
+            f"{len(g.completed)}"
+            if len(g.completed) == len(g.runs)
+            else f"{len(g.completed)} of {len(g.runs)}"
+        )
+        rows.append(
+            [*["" if g.settings[c] is None else g.settings[c] for c in columns], g.mode, g.seeds, n]
+            + [g.stat(attr).text(spec) for _, attr, spec in shown]
+            + [_fmt(g.stat("wall_seconds").mean, ".1f")]
+        )
     return header, rows
 
 
@@ -239,8 +273,9 @@ def render(header: list[str], rows: list[list[str]]) -> str:
     numeric = [j > 0 and all(_numeric(row[j]) for row in rows) for j in range(len(header))]
 
     def line(cells):
-        return "  ".join(c.rjust(w) if num else c.ljust(w)
-                         for c, w, num in zip(cells, widths, numeric)).rstrip()
+        return "  ".join(
+            c.rjust(w) if num else c.ljust(w) for c, w, num in zip(cells, widths, numeric)
+        ).rstrip()
 
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
@@ -260,21 +295,45 @@ def csv_rows(settings: Settings, groups: list[SeedGroup]) -> tuple[list[str], li
     _, _, order = run_rows(settings)
     group_of = {id(r): g for g in groups for r in g.runs}
     with_groups = any(len(g.runs) > 1 for g in groups)
-    clients = [attr for _, attr, _ in metrics(settings.runs)[len(METRICS):]]
-    header = ["run", *settings.columns, "status", "mode", "rounds", "final_test_accuracy",
-              "best_test_accuracy", "final_test_loss", *clients, "wall_seconds", "error", "path"]
+    clients = [attr for _, attr, _ in metrics(settings.runs)[len(METRICS) :]]
+    header = [
+        "run",
+        *settings.columns,
+        "status",
+        "mode",
+        "rounds",
+        "final_test_accuracy",
+        "best_test_accuracy",
+        "final_test_loss",
+        *clients,
+        "wall_seconds",
+        "error",
+        "path",
+    ]
     stats = ["final_accuracy", "best_accuracy", "final_loss", *clients]
     if with_groups:
         header += ["seed_group", "group_runs"] + [
-            f"group_{m}_{s}" for m in ("final_test_accuracy", "best_test_accuracy", "final_test_loss", *clients)
-            for s in ("mean", "std")]
+            f"group_{m}_{s}"
+            for m in ("final_test_accuracy", "best_test_accuracy", "final_test_loss", *clients)
+            for s in ("mean", "std")
+        ]
     rows = []
     for i in order:
         r = settings.runs[i]
-        row = [r.name, *["" if v is None else v for v in settings.of_run(i).values()], r.status,
-               r.mode, len(r.steps), r.final_accuracy, r.best_accuracy, r.final_loss,
-               *[getattr(r, attr) for attr in clients],
-               r.wall_seconds, r.results.get("error", ""), str(r.dir)]
+        row = [
+            r.name,
+            *["" if v is None else v for v in settings.of_run(i).values()],
+            r.status,
+            r.mode,
+            len(r.steps),
+            r.final_accuracy,
+            r.best_accuracy,
+            r.final_loss,
+            *[getattr(r, attr) for attr in clients],
+            r.wall_seconds,
+            r.results.get("error", ""),
+            str(r.dir),
+        ]
         if with_groups:
             g = group_of[id(r)]
             row += [label(g.settings, g.mode), len(g.completed)]

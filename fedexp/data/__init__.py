@@ -1,4 +1,5 @@
 """Data: load a dataset into arrays (`datasets`), split it among clients (`partition`)."""
+
 from .datasets import DatasetError, ImageData
 from .partition import Partitions, label_counts, partition
 

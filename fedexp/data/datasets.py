@@ -8,6 +8,7 @@ shared with every simulation worker through Ray's object store without copies.
 
 The loaders are named by `_target_` in `conf/dataset/*.yaml` (key `loader`).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -18,11 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import DatasetError
+
 log = logging.getLogger(__name__)
-
-
-class DatasetError(RuntimeError):
-    """A dataset cannot be loaded (missing files, failed download); the message says why."""
 
 
 @dataclass
@@ -47,7 +46,9 @@ def _resize(x: np.ndarray, size: int) -> np.ndarray:
     import torch
     import torch.nn.functional as F
 
-    out = F.interpolate(torch.from_numpy(x).float(), size=(size, size), mode="bilinear", align_corners=False)
+    out = F.interpolate(
+        torch.from_numpy(x).float(), size=(size, size), mode="bilinear", align_corners=False
+    )
     return out.round_().clamp_(0, 255).to(torch.uint8).numpy()
 
 
@@ -74,24 +75,29 @@ def load_digits(image_size: int = 32, test_fraction: float = 0.2, seed: int = 0)
     x_tr, x_te, y_tr, y_te = train_test_split(
         x, y, test_size=test_fraction, stratify=y, random_state=seed
     )
-    return ImageData(_resize(x_tr, image_size), y_tr, _resize(x_te, image_size), y_te,
-                     [str(c) for c in bunch.target_names])
+    return ImageData(
+        _resize(x_tr, image_size),
+        y_tr,
+        _resize(x_te, image_size),
+        y_te,
+        [str(c) for c in bunch.target_names],
+    )
 
 
 # Where torchvision looks for each dataset's files under `root` (what to copy there offline).
 _EXPECTED = {
     "CIFAR10": "cifar-10-python.tar.gz, or its extracted cifar-10-batches-py/ folder, in {root}",
     "MNIST": "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte and "
-             "t10k-labels-idx1-ubyte (or the same with .gz) in {root}/MNIST/raw/",
+    "t10k-labels-idx1-ubyte (or the same with .gz) in {root}/MNIST/raw/",
     "FashionMNIST": "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte and "
-                    "t10k-labels-idx1-ubyte (or the same with .gz) in {root}/FashionMNIST/raw/",
+    "t10k-labels-idx1-ubyte (or the same with .gz) in {root}/FashionMNIST/raw/",
 }
 
 
 def _last_line(e: BaseException) -> str:
     """torchvision's errors span lines (one per mirror tried); the last says why."""
-    lines = [l.strip().rstrip(")").strip() for l in str(e).splitlines() if l.strip()]
-    lines = [l for l in lines if not l.startswith("Tried ")] or [type(e).__name__]
+    lines = [s.strip().rstrip(")").strip() for s in str(e).splitlines() if s.strip()]
+    lines = [s for s in lines if not s.startswith("Tried ")] or [type(e).__name__]
     return lines[-1]
 
 
@@ -108,7 +114,8 @@ def _torchvision(name: str, root: str, download: bool, image_size: int) -> Image
             raise DatasetError(
                 f"{name} is not under dataset.root={root} and downloading it failed "
                 f"({_last_line(e)}): put {where}, copied from a machine with network access "
-                f"(dataset=digits works offline)") from None
+                f"(dataset=digits works offline)"
+            ) from None
         raise DatasetError(
             f"{name} is not under dataset.root={root} and dataset.download=false: put {where}, "
             f"or allow dataset.download=true with network access (dataset=digits works offline)"
@@ -134,7 +141,9 @@ def load_mnist(root: str = "data", download: bool = True, image_size: int = 28) 
     return _torchvision("MNIST", root, download, image_size)
 
 
-def load_fashion_mnist(root: str = "data", download: bool = True, image_size: int = 28) -> ImageData:
+def load_fashion_mnist(
+    root: str = "data", download: bool = True, image_size: int = 28
+) -> ImageData:
     """torchvision's Fashion-MNIST (IDX files)."""
     return _torchvision("FashionMNIST", root, download, image_size)
 
@@ -154,16 +163,20 @@ def _folder_signature(folder: Path, image_size: int, channels: int) -> str:
 def check_image_folder(path: str | None) -> Path:
     """Fail early, in one line, on a path that is not an ImageFolder train/test tree."""
     if not path:
-        raise DatasetError("dataset.path is not set: dataset=image_folder needs dataset.path=DIR "
-                           "with DIR/train/<class>/* and DIR/test/<class>/*")
+        raise DatasetError(
+            "dataset.path is not set: dataset=image_folder needs dataset.path=DIR "
+            "with DIR/train/<class>/* and DIR/test/<class>/*"
+        )
     root = Path(path).expanduser()
     if not root.is_dir():
         raise DatasetError(f"dataset.path={path} does not exist or is not a folder")
     for split in ("train", "test"):
         d = root / split
         if not d.is_dir() or not any(p.is_dir() for p in d.iterdir()):
-            raise DatasetError(f"dataset.path={path} has no {split}/<class>/ folders: expected "
-                               f"DIR/train/<class>/* and DIR/test/<class>/* (torchvision ImageFolder layout)")
+            raise DatasetError(
+                f"dataset.path={path} has no {split}/<class>/ folders: expected "
+                f"DIR/train/<class>/* and DIR/test/<class>/* (torchvision ImageFolder layout)"
+            )
     return root
 
 
@@ -179,14 +192,19 @@ def _read_cache(cache: Path) -> dict | None:
             raise ValueError("arrays missing")
         return cached
     except Exception as e:  # numpy raises OSError, ValueError, zipfile.BadZipFile, EOFError...
-        log.warning("the decoded image cache %s is unreadable (%s: %s): decoding the images again",
-                    cache, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+        log.warning(
+            "the decoded image cache %s is unreadable (%s: %s): decoding the images again",
+            cache,
+            type(e).__name__,
+            str(e).splitlines()[0] if str(e) else "",
+        )
         cache.unlink(missing_ok=True)
         return None
 
 
-def load_image_folder(path: str | None = None, image_size: int = 32, channels: int = 3,
-                      cache_dir: str | None = None) -> ImageData:
+def load_image_folder(
+    path: str | None = None, image_size: int = 32, channels: int = 3, cache_dir: str | None = None
+) -> ImageData:
     """A user's own images in torchvision's ImageFolder layout (DIR/train, DIR/test).
 
     Decoding tens of thousands of JPEGs takes longer than a whole training run, so the
@@ -198,10 +216,15 @@ def load_image_folder(path: str | None = None, image_size: int = 32, channels: i
     key = _folder_signature(root, image_size, channels)
     cache = cache_root / f"image_folder-{key}.npz"
     cached = _read_cache(cache)
-    if cached is not None:
-        if "classes" in cached:  # no torchvision import (1-2 s) when nothing needs decoding
-            return ImageData(cached["x_train"], cached["y_train"], cached["x_test"],
-                             cached["y_test"], [str(c) for c in cached["classes"]])
+    if cached is not None and "classes" in cached:
+        # no torchvision import (1-2 s) when nothing needs decoding
+        return ImageData(
+            cached["x_train"],
+            cached["y_train"],
+            cached["x_test"],
+            cached["y_test"],
+            [str(c) for c in cached["classes"]],
+        )
     from torchvision.datasets import ImageFolder
 
     train = ImageFolder(str(root / "train"))
@@ -209,8 +232,13 @@ def load_image_folder(path: str | None = None, image_size: int = 32, channels: i
     if train.classes != test.classes:
         raise DatasetError(f"dataset.path={path}: train/ and test/ have different class folders")
     if cached is not None:  # written before the cache held the class names
-        return ImageData(cached["x_train"], cached["y_train"], cached["x_test"],
-                         cached["y_test"], list(train.classes))
+        return ImageData(
+            cached["x_train"],
+            cached["y_train"],
+            cached["x_test"],
+            cached["y_test"],
+            list(train.classes),
+        )
     log.info("decoding %s once (cached in %s)", root, cache)
     mode = {1: "L", 3: "RGB"}[channels]
 
@@ -230,7 +258,13 @@ def load_image_folder(path: str | None = None, image_size: int = 32, channels: i
     x_te, y_te = decode(test)
     cache_root.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")
-    np.savez(tmp, x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te,
-             classes=np.asarray(train.classes, dtype=str))
+    np.savez(
+        tmp,
+        x_train=x_tr,
+        y_train=y_tr,
+        x_test=x_te,
+        y_test=y_te,
+        classes=np.asarray(train.classes, dtype=str),
+    )
     os.replace(tmp, cache)
     return ImageData(x_tr, y_tr, x_te, y_te, list(train.classes))

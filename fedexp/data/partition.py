@@ -6,6 +6,7 @@ lists, so every scheme flwr-datasets offers works on every dataset fedexp loads.
 client's share is then split into train/validation exactly as the tutorial does
 (`len // 10` validation examples for `val_fraction=0.1`), with a seeded shuffle.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -29,8 +30,9 @@ class Partitions:
         return np.concatenate(self.train), np.concatenate(self.val)
 
 
-def partition(labels: np.ndarray, partitioner, val_fraction: float, seed: int,
-              shuffle: bool = True) -> Partitions:
+def partition(
+    labels: np.ndarray, partitioner, val_fraction: float, seed: int, shuffle: bool = True
+) -> Partitions:
     """Run `partitioner` over `labels`; return each client's train/validation indices.
 
     `shuffle` shuffles the examples (seeded) before partitioning, as flwr-datasets'
@@ -63,7 +65,7 @@ def partition(labels: np.ndarray, partitioner, val_fraction: float, seed: int,
         idx = idx[rng.permutation(len(idx))]
         n_val = int(len(idx) * val_fraction)
         train.append(np.sort(idx[: len(idx) - n_val]))
-        val.append(np.sort(idx[len(idx) - n_val:]))
+        val.append(np.sort(idx[len(idx) - n_val :]))
     return Partitions(train, val)
 
 

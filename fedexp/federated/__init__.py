@@ -11,31 +11,39 @@ for one experiment.
 However the run ends (completed, failed, diverged, interrupted), the last good global
 model is written as model.pt and results.json says how it ended.
 """
+
 from __future__ import annotations
 
 import copy
 import math
+from functools import partial
 from pathlib import Path
 
 import torch
-from flwr.server import Server, ServerAppComponents, ServerConfig
-from flwr.server import ServerApp
+from flwr.server import Server, ServerApp, ServerAppComponents, ServerConfig
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from .. import checkpoints, progress
 from ..models import set_weights
 from ..results import RunResults
-from ..training import evaluate
+from ..sweep import jobs_in_this_process
 from ..workload import Workload
 from . import strategies
 from .client import ClientSpec, make_client_app, prepare
 from .methods.base import DiskClientState
 from .payload import ModelLayout
 from .server import AllClientsEvaluation, PartitionClientManager, RunEnded, ServerStrategy
-from ..sweep import jobs_in_this_process
-from .simulation import (client_pool, inline_clients, kept_session_fits, ray_session, reap_orphans,
-                         run_engine, sweep_ray, uses_ray)
+from .simulation import (
+    client_pool,
+    inline_clients,
+    kept_session_fits,
+    ray_session,
+    reap_orphans,
+    run_engine,
+    sweep_ray,
+    uses_ray,
+)
 
 
 def build_strategy(work: Workload, model: torch.nn.Module):
@@ -43,13 +51,10 @@ def build_strategy(work: Workload, model: torch.nn.Module):
     `evaluate_fn` tests the global model on the server's test set."""
     cfg = work.cfg
     test_model = instantiate(cfg.model).to(work.device)
-    normalize = work.normalizer()
-    criterion = work.criterion()
 
     def evaluate_fn(server_round, weights, config):
         set_weights(test_model, weights)
-        s = evaluate(test_model, work.data.x_test, work.data.y_test, None,
-                     batch_size=cfg.eval_batch_size, normalize=normalize, criterion=criterion)
+        s = work.test(test_model)
         return s["loss"], {} if s["accuracy"] is None else {"accuracy": s["accuracy"]}
 
     return strategies.build(cfg, model, evaluate_fn)
@@ -59,8 +64,12 @@ def all_clients_evaluation(cfg) -> AllClientsEvaluation | None:
     every = int(cfg.get("evaluation", {}).get("all_clients_every", 0) or 0)
     if every <= 0:
         return None
-    return AllClientsEvaluation(every, cfg.num_rounds, strategies.evaluate_config_fn(cfg),
-                                personal=strategies.is_personal(cfg))
+    return AllClientsEvaluation(
+        every,
+        cfg.num_rounds,
+        strategies.evaluate_config_fn(cfg),
+        personal=strategies.is_personal(cfg),
+    )
 
 
 def state_dir(cfg, run_dir: Path) -> str | None:
@@ -99,11 +108,20 @@ def run(work: Workload, results: RunResults, resume: dict | None = None) -> torc
             results.save_model(saved)
         results.add(record)
         if keep:  # after results.json: a resume truncates it to the checkpoint's round
-            checkpoints.save(results.dir, record["round"], {**strategy.checkpoint(), "config": config}, keep)
+            checkpoints.save(
+                results.dir, record["round"], {**strategy.checkpoint(), "config": config}, keep
+            )
 
-    strategy = ServerStrategy(build_strategy(work, model), manager, on_round, seed=cfg.seed,
-                              straggler_rate=float(cfg.faults.straggler_rate), layout=ModelLayout.of(model),
-                              all_clients=all_clients_evaluation(cfg), on_clients=results.add_clients)
+    strategy = ServerStrategy(
+        build_strategy(work, model),
+        manager,
+        on_round,
+        seed=cfg.seed,
+        straggler_rate=float(cfg.faults.straggler_rate),
+        layout=ModelLayout.of(model),
+        all_clients=all_clients_evaluation(cfg),
+        on_clients=results.add_clients,
+    )
     if resume is not None:
         strategy.restore(resume)
     server = Server(client_manager=manager, strategy=strategy)
@@ -111,48 +129,83 @@ def run(work: Workload, results: RunResults, resume: dict | None = None) -> torc
     # for the reply every 0.1 s; its default pool (cores + 4 threads) leaves Ray workers
     # idle when a round has hundreds of clients. More threads keep them fed.
     server.set_max_workers(cfg.simulation.max_workers)
-    server_app = ServerApp(server_fn=lambda context: ServerAppComponents(
-        server=server, config=ServerConfig(num_rounds=cfg.num_rounds - strategy.offset)))
+    server_app = ServerApp(
+        server_fn=lambda context: ServerAppComponents(
+            server=server, config=ServerConfig(num_rounds=cfg.num_rounds - strategy.offset)
+        )
+    )
     client_cpus = cfg.device.client_cpus
     client_gpus = float(cfg.device.client_gpus) if work.device.type == "cuda" else 0.0
     address, share = sweep_ray(cfg.simulation.ray_address)
     # A resumed run keeps the backend it started on (the two agree only up to rounding).
-    on_ray = (results.data["backend"] == "ray" if resume is not None and "backend" in results.data
-              else uses_ray(cfg.simulation, examples_trained(cfg, work)))
-    ray_settings = (address, cfg.simulation.num_cpus, cfg.simulation.num_gpus, cfg.verbose,
-                    cfg.simulation.get("worker_niceness"))
+    on_ray = (
+        results.data["backend"] == "ray"
+        if resume is not None and "backend" in results.data
+        else uses_ray(cfg.simulation, examples_trained(cfg, work))
+    )
+    ray_settings = (
+        address,
+        cfg.simulation.num_cpus,
+        cfg.simulation.num_gpus,
+        cfg.verbose,
+        cfg.simulation.get("worker_niceness"),
+    )
     results.data["backend"] = "ray" if on_ray else "inline"
-    progress.start_line(f"federated: {progress.count(cfg.num_rounds, 'round')}"
-                        + (f" (resumed after round {strategy.offset})" if strategy.offset else "") + ", "
-                        f"{progress.count(cfg.num_clients, 'client')}, "
-                        f"{type(strategy.inner).__name__} on {cfg.dataset.name}; "
-                        + ("clients in this process" if not on_ray else
-                           "on the Ray of the job before" if kept_session_fits(*ray_settings) else
-                           "joining the sweep's Ray" if address != cfg.simulation.ray_address else
-                           "starting Ray"))
-    data = {"x": work.data.x_train, "y": work.data.y_train, "train": work.parts.train, "val": work.parts.val}
-    client_cfg, threads = config, max(1, int(client_cpus))
+    progress.start_line(
+        f"federated: {progress.count(cfg.num_rounds, 'round')}"
+        + (f" (resumed after round {strategy.offset})" if strategy.offset else "")
+        + ", "
+        f"{progress.count(cfg.num_clients, 'client')}, "
+        f"{type(strategy.inner).__name__} on {cfg.dataset.name}; "
+        + (
+            "clients in this process"
+            if not on_ray
+            else "on the Ray of the job before"
+            if kept_session_fits(*ray_settings)
+            else "joining the sweep's Ray"
+            if address != cfg.simulation.ray_address
+            else f"joining the Ray cluster at {address}"
+            if address
+            else "starting Ray"
+        )
+    )
+    data = {
+        "x": work.data.x_train,
+        "y": work.data.y_train,
+        "train": work.parts.train,
+        "val": work.parts.val,
+    }
+    threads = max(1, int(client_cpus))
     states = state_dir(cfg, results.dir)
     if states and strategy.offset:
         DiskClientState.forget_after(Path(states), strategy.offset)
     status, error, interrupt = "completed", None, None
+    client_spec = partial(
+        ClientSpec,
+        cfg=config,
+        device=str(work.device),
+        state_dir=states,
+        state_versions=keep + 1,
+    )
+    engine = partial(run_engine, server_app, num_clients=cfg.num_clients, verbose=cfg.verbose)
     try:
         if not on_ray:
-            spec = ClientSpec(cfg=client_cfg, data_ref=data, device=str(work.device), threads=None,
-                              state_dir=states, state_versions=keep + 1)
+            spec = client_spec(data_ref=data, threads=None)
             strategy.wait_for_clients = lambda: prepare(spec)
-            run_engine(server_app, make_client_app(spec), cfg.num_clients, cfg.verbose,
-                       stop=strategy.stop.set, backend=inline_clients(threads))
+            engine(make_client_app(spec), stop=strategy.stop.set, backend=inline_clients(threads))
         else:
             with ray_session(*ray_settings, keep=jobs_in_this_process()) as session:
-                spec = ClientSpec(cfg=client_cfg, data_ref=session.ray.put(data), device=str(work.device),
-                                  threads=threads, state_dir=states, state_versions=keep + 1)
+                spec = client_spec(data_ref=session.ray.put(data), threads=threads)
                 resources = {"num_cpus": client_cpus, "num_gpus": client_gpus}
                 slots = min(session.client_slots(resources, share), cfg.num_clients)
                 strategy.wait_for_clients = lambda: session.wait_for_workers(slots, strategy.stop)
-                run_engine(server_app, make_client_app(spec), cfg.num_clients, cfg.verbose,
-                           stop=strategy.stop.set, backend=client_pool(session, slots),
-                           client_resources=resources, session=session)
+                engine(
+                    make_client_app(spec),
+                    stop=strategy.stop.set,
+                    backend=client_pool(session, slots),
+                    client_resources=resources,
+                    session=session,
+                )
     except RunEnded as e:
         status, error = e.status, str(e)
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (see fedexp/interrupts.py)

@@ -18,6 +18,7 @@ A client whose local training diverges (NaN/inf loss or weights) does not raise:
 answers with `metrics["diverged"]` and no weights, so the server can tell divergence from
 a crash, and its state stays as it was.
 """
+
 from __future__ import annotations
 
 import copy
@@ -49,8 +50,8 @@ _WORKER: dict[str, Any] = {}  # per worker process: what `ClientKit.build` made,
 class ClientSpec:
     """What every client needs; small, because Flower pickles it with each message."""
 
-    cfg: dict           # resolved config (plain containers)
-    data_ref: Any       # {"x", "y", "train", "val"}: a Ray ObjectRef of it, or (inline clients) itself
+    cfg: dict  # resolved config (plain containers)
+    data_ref: Any  # {"x", "y", "train", "val"}: a Ray ObjectRef of it, or (inline clients) itself
     device: str
     threads: int | None  # torch threads of a Ray worker (None: inline, the backend sets them)
     state_dir: str | None = None  # clients keep their state in files here, else in Context.state
@@ -60,7 +61,9 @@ class ClientSpec:
 
 def seed_for(seed: int, server_round: int, partition_id: int, salt: int = 0) -> int:
     """One independent, reproducible stream per (run seed, round, client)."""
-    return int(np.random.SeedSequence([seed, server_round, partition_id, salt]).generate_state(1)[0])
+    return int(
+        np.random.SeedSequence([seed, server_round, partition_id, salt]).generate_state(1)[0]
+    )
 
 
 def method_factory(cfg: dict) -> Callable[[], ClientMethod]:
@@ -86,12 +89,16 @@ class ClientKit:
     _spare: torch.nn.Module | None = None
 
     @classmethod
-    def build(cls, cfg: dict, device: torch.device) -> "ClientKit":
+    def build(cls, cfg: dict, device: torch.device) -> ClientKit:
         model = instantiate(cfg["model"]).to(device)
-        return cls(model, ModelLayout.of(model),
-                   Normalizer(cfg["dataset"]["mean"], cfg["dataset"]["std"], device),
-                   loss_from(cfg),
-                   BatchAugment.from_config(cfg["dataset"].get("augment")), method_factory(cfg))
+        return cls(
+            model,
+            ModelLayout.of(model),
+            Normalizer(cfg["dataset"]["mean"], cfg["dataset"]["std"], device),
+            loss_from(cfg),
+            BatchAugment.from_config(cfg["dataset"].get("augment")),
+            method_factory(cfg),
+        )
 
     def spare_model(self) -> torch.nn.Module:
         """A second model of the same shape (e.g. Ditto's personal model), made once."""
@@ -110,7 +117,9 @@ def _worker_state(spec: ClientSpec) -> dict:
             torch.set_num_threads(max(1, spec.threads))
             data = ray.get(data)
         _WORKER.clear()
-        _WORKER.update(run=spec.run, data=data, kit=ClientKit.build(spec.cfg, torch.device(spec.device)))
+        _WORKER.update(
+            run=spec.run, data=data, kit=ClientKit.build(spec.cfg, torch.device(spec.device))
+        )
     return _WORKER
 
 
@@ -126,8 +135,13 @@ def prepare(spec: ClientSpec) -> float:
 class FedexpClient(NumPyClient):
     """Train/evaluate the global model on one partition, with settings sent by the server."""
 
-    def __init__(self, spec: ClientSpec, data: dict, kit: ClientKit | None = None,
-                 state: RecordDict | None = None):
+    def __init__(
+        self,
+        spec: ClientSpec,
+        data: dict,
+        kit: ClientKit | None = None,
+        state: RecordDict | None = None,
+    ):
         """`data` holds x, y and every partition's train/val indices; a worker passes its
         cached `kit`, which is otherwise built from the config. `state` is the client's
         Flower `Context.state`, kept between the rounds it is sampled in."""
@@ -138,22 +152,36 @@ class FedexpClient(NumPyClient):
 
     def _state(self, pid: int, server_round: int | None) -> ClientState:
         if self.spec.state_dir:
-            return DiskClientState(Path(self.spec.state_dir) / str(pid), server_round, self.spec.state_versions)
+            return DiskClientState(
+                Path(self.spec.state_dir) / str(pid), server_round, self.spec.state_versions
+            )
         return ClientState(self.records)
 
     def get_parameters(self, config):
         return get_weights(self.model)
 
     def _evaluate(self, indices, batch_size: int) -> dict:
-        return evaluate(self.model, self.data["x"], self.data["y"], indices, batch_size=batch_size,
-                        normalize=self.kit.normalize, criterion=self.kit.criterion)
+        return evaluate(
+            self.model,
+            self.data["x"],
+            self.data["y"],
+            indices,
+            batch_size=batch_size,
+            normalize=self.kit.normalize,
+            criterion=self.kit.criterion,
+        )
 
     def fit(self, parameters, config):
-        pid, rnd, seed = int(config["partition_id"]), int(config["server_round"]), int(config["seed"])
+        pid, rnd, seed = (
+            int(config["partition_id"]),
+            int(config["server_round"]),
+            int(config["seed"]),
+        )
         rate = float(self.spec.cfg.get("faults", {}).get("client_failure_rate", 0.0))
         if fit_fails(seed, rnd, pid, rate):
-            raise InjectedClientFailure(f"client {pid} failed on purpose in round {rnd} "
-                                        f"(faults.client_failure_rate={rate})")
+            raise InjectedClientFailure(
+                f"client {pid} failed on purpose in round {rnd} (faults.client_failure_rate={rate})"
+            )
         weights, extras = self.kit.layout.split(parameters)
         set_weights(self.model, weights)
         train_idx = self.data["train"][pid]
@@ -161,7 +189,9 @@ class FedexpClient(NumPyClient):
         passes = count()
 
         def optimizer_for(model):
-            return instantiate(self.spec.cfg["optimizer"], lr=float(config["lr"]))(model.parameters())
+            return instantiate(self.spec.cfg["optimizer"], lr=float(config["lr"]))(
+                model.parameters()
+            )
 
         def train_locally(model, hooks, optimizer) -> dict:
             """One pass of local training with the round's settings. Each pass has seeded
@@ -170,20 +200,41 @@ class FedexpClient(NumPyClient):
             k = next(passes)
             order, init = (0, 1) if k == 0 else (10 + 2 * k, 11 + 2 * k)
             torch.manual_seed(seed_for(seed, rnd, pid, init))
-            stats = train(model, self.data["x"], self.data["y"], train_idx,
-                          epochs=int(config["local_epochs"]), batch_size=int(config["batch_size"]),
-                          optimizer=optimizer, normalize=self.kit.normalize,
-                          generator=torch.Generator().manual_seed(seed_for(seed, rnd, pid, order)),
-                          criterion=self.kit.criterion, augment=self.kit.augment, hooks=hooks)
-            if not all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point()):
+            stats = train(
+                model,
+                self.data["x"],
+                self.data["y"],
+                train_idx,
+                epochs=int(config["local_epochs"]),
+                batch_size=int(config["batch_size"]),
+                optimizer=optimizer,
+                normalize=self.kit.normalize,
+                generator=torch.Generator().manual_seed(seed_for(seed, rnd, pid, order)),
+                criterion=self.kit.criterion,
+                augment=self.kit.augment,
+                hooks=hooks,
+            )
+            if not all(
+                torch.isfinite(v).all()
+                for v in model.state_dict().values()
+                if v.is_floating_point()
+            ):
                 raise DivergedError("weights became NaN or infinite")
             return stats
 
         optimizer = optimizer_for(self.model)
-        local = LocalFit(self.model, optimizer, dict(config), weights, extras, self._state(pid, rnd), self.kit.layout,
-                         evaluate_train=lambda: self._evaluate(train_idx, batch_eval),
-                         train=lambda model, hooks: train_locally(model, hooks, optimizer_for(model)),
-                         spare_model=self.kit.spare_model)
+        local = LocalFit(
+            self.model,
+            optimizer,
+            dict(config),
+            weights,
+            extras,
+            self._state(pid, rnd),
+            self.kit.layout,
+            evaluate_train=lambda: self._evaluate(train_idx, batch_eval),
+            train=lambda model, hooks: train_locally(model, hooks, optimizer_for(model)),
+            spare_model=self.kit.spare_model,
+        )
         method = self.kit.new_method()
         method.before_fit(local)
         try:
@@ -200,8 +251,14 @@ class FedexpClient(NumPyClient):
     def evaluate(self, parameters, config):
         pid = int(config["partition_id"])
         set_weights(self.model, self.kit.layout.split(parameters)[0])
-        self.kit.new_method().before_evaluate(LocalEvaluation(
-            self.model, dict(config), self._state(pid, config.get("server_round")), self.kit.layout))
+        self.kit.new_method().before_evaluate(
+            LocalEvaluation(
+                self.model,
+                dict(config),
+                self._state(pid, config.get("server_round")),
+                self.kit.layout,
+            )
+        )
         stats = self._evaluate(self.data["val"][pid], int(config["eval_batch_size"]))
         if stats["examples"] == 0:
             # A client too small to hold validation data: weight 0, and no NaN, which would

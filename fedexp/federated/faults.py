@@ -14,6 +14,7 @@ so the configured strategy's `accept_failures` decides what a failure means.
   a real client's reply does not arrive before the round's timeout. The client does no
   work, as a device that went offline would not.
 """
+
 from __future__ import annotations
 
 import random
@@ -42,9 +43,10 @@ def fit_fails(seed: int, server_round: int, partition_id: int, rate: float) -> b
 
 def stragglers(seed: int, server_round: int, sampled: list[int], rate: float) -> set[int]:
     """The partitions among `sampled` that drop out of this round: round(rate * len)."""
-    k = int(round(rate * len(sampled)))
+    k = round(rate * len(sampled))
     if k <= 0:
         return set()
-    rng = random.Random(int(np.random.SeedSequence([seed, server_round, _STRAGGLER_SALT])
-                            .generate_state(1)[0]))
+    rng = random.Random(
+        int(np.random.SeedSequence([seed, server_round, _STRAGGLER_SALT]).generate_state(1)[0])
+    )
     return set(rng.sample(sorted(sampled), k))

@@ -29,6 +29,7 @@ worker.py; Ray then prints one line per killed worker), so that their `ray.get` 
 once. Only when those threads have ended does Flower shut Ray down; then the signal is
 raised as `Interrupted`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -40,25 +41,30 @@ import tempfile
 import threading
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import progress
 
 
 class _DropRunSimulationDeprecation(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (str(record.msg).startswith("DEPRECATED FEATURE")
-                    and "run_simulation" in str(record.args))
+        return not (
+            str(record.msg).startswith("DEPRECATED FEATURE")
+            and "run_simulation" in str(record.args)
+        )
 
 
 class _DropClientTracebacks(logging.Filter):
     """Flower's per-message error logs from its simulation workers and Ray backend."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.levelno >= logging.ERROR
-                    and record.module in ("vce_api", "raybackend", "ray_actor"))
+        return not (
+            record.levelno >= logging.ERROR
+            and record.module in ("vce_api", "raybackend", "ray_actor")
+        )
 
 
 @dataclass
@@ -71,10 +77,10 @@ class RaySession:
 
     ray: Any
     ready_dir: str | None  # see worker.py; None for a joined cluster
-    tag: str               # the _TAG value every process of a local Ray inherits
-    settings: tuple = ()   # what it was started with; a job asking for others gets a new Ray
-    local: bool = True     # started here (False: a cluster this process joined)
-    pool: Any = None       # Flower's BasicActorPool, kept between the jobs of a sweep
+    tag: str  # the _TAG value every process of a local Ray inherits
+    settings: tuple = ()  # what it was started with; a job asking for others gets a new Ray
+    local: bool = True  # started here (False: a cluster this process joined)
+    pool: Any = None  # Flower's BasicActorPool, kept between the jobs of a sweep
     reusable: bool = True  # False once a run left it in a state the next job must not inherit
 
     def client_slots(self, client_resources: dict, share: int = 1) -> int:
@@ -93,8 +99,11 @@ class RaySession:
         start = time.perf_counter()
         if self.ready_dir is None:
             return 0.0
-        while (len(os.listdir(self.ready_dir)) < count and not stop.is_set()
-               and time.perf_counter() - start < timeout):
+        while (
+            len(os.listdir(self.ready_dir)) < count
+            and not stop.is_set()
+            and time.perf_counter() - start < timeout
+        ):
             stop.wait(0.05)
         return time.perf_counter() - start
 
@@ -161,8 +170,13 @@ def start_sweep_ray(simulation: dict, verbose: bool, n_jobs: int) -> RaySession:
     of this machine join (see sweep.SweepRay); they find it through the environment they
     inherit, and each takes 1/n_jobs of its client slots (at least one), so that the
     actors of all jobs together fit in the CPUs and GPUs Ray was given."""
-    head = _start(None, simulation.get("num_cpus"), simulation.get("num_gpus"), verbose,
-                  simulation.get("worker_niceness"))
+    head = _start(
+        None,
+        simulation.get("num_cpus"),
+        simulation.get("num_gpus"),
+        verbose,
+        simulation.get("worker_niceness"),
+    )
     os.environ[SWEEP_ADDRESS] = head.ray.get_runtime_context().gcs_address
     os.environ[SWEEP_SHARE] = str(n_jobs)
     return head
@@ -177,11 +191,18 @@ def end_sweep_ray(head: RaySession | None) -> None:
         head.close()
 
 
-def kept_session_fits(address: str | None, num_cpus: int | None, num_gpus: float | None,
-                      verbose: bool, niceness: int | None = None) -> bool:
+def kept_session_fits(
+    address: str | None,
+    num_cpus: int | None,
+    num_gpus: float | None,
+    verbose: bool,
+    niceness: int | None = None,
+) -> bool:
     """Whether `ray_session` with these settings will take over the Ray of the job before."""
     session = _KEPT.get("session")
-    return session is not None and session.fits(_settings(address, num_cpus, num_gpus, verbose, niceness))
+    return session is not None and session.fits(
+        _settings(address, num_cpus, num_gpus, verbose, niceness)
+    )
 
 
 def _settings(address, num_cpus, num_gpus, verbose, niceness) -> tuple:
@@ -197,8 +218,14 @@ def close_kept_session() -> None:
 
 
 @contextmanager
-def ray_session(address: str | None, num_cpus: int | None, num_gpus: float | None, verbose: bool,
-                niceness: int | None = None, keep: bool = False):
+def ray_session(
+    address: str | None,
+    num_cpus: int | None,
+    num_gpus: float | None,
+    verbose: bool,
+    niceness: int | None = None,
+    keep: bool = False,
+):
     """Start (or join, with `address`) Ray for one run and yield a RaySession.
 
     Without `keep` it is shut down when the run ends. With `keep` (the jobs of a sweep
@@ -229,23 +256,35 @@ def ray_session(address: str | None, num_cpus: int | None, num_gpus: float | Non
             session.close()
 
 
-def _start(address: str | None, num_cpus: int | None, num_gpus: float | None, verbose: bool,
-           niceness: int | None) -> RaySession:
+def _start(
+    address: str | None,
+    num_cpus: int | None,
+    num_gpus: float | None,
+    verbose: bool,
+    niceness: int | None,
+) -> RaySession:
     # Ray >= 2.5x warns on every start that it will stop overriding CUDA_VISIBLE_DEVICES
     # for num_gpus=0; opting in to that future behaviour silences it.
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     import ray
 
     pythonpath = os.pathsep.join(p for p in sys.path if p)
-    args = dict(include_dashboard=False, log_to_driver=verbose,
-                logging_level=logging.INFO if verbose else logging.ERROR)
+    args = dict(
+        include_dashboard=False,
+        log_to_driver=verbose,
+        logging_level=logging.INFO if verbose else logging.ERROR,
+    )
     ready_dir = None
     if address:
         # A joined cluster's workers are started by its own raylets: they get this driver's
         # import path, and the warm-up imports, through a runtime_env.
-        args.update(address=address, runtime_env={
-            "env_vars": {"PYTHONPATH": pythonpath},
-            "worker_process_setup_hook": "fedexp.federated.worker.warm_up"})
+        args.update(
+            address=address,
+            runtime_env={
+                "env_vars": {"PYTHONPATH": pythonpath},
+                "worker_process_setup_hook": "fedexp.federated.worker.warm_up",
+            },
+        )
     else:
         # "local": a new Ray for this run only. With no address, ray.init would join the
         # cluster of the last `ray start` on this machine (or $RAY_ADDRESS), so jobs of a
@@ -253,9 +292,15 @@ def _start(address: str | None, num_cpus: int | None, num_gpus: float | None, ve
         # environment (PYTHONPATH and READY_DIR below), and the workers it prestarts import
         # torch, Flower and the client at once (see worker.py); without a runtime_env,
         # Flower's actors are those prestarted workers, not processes started in round 1.
-        args.update(address="local", num_cpus=num_cpus, num_gpus=num_gpus,
-                    _system_config={"preload_python_modules": ["fedexp.federated.worker"],
-                                    "worker_niceness": os.nice(0) if niceness is None else int(niceness)})
+        args.update(
+            address="local",
+            num_cpus=num_cpus,
+            num_gpus=num_gpus,
+            _system_config={
+                "preload_python_modules": ["fedexp.federated.worker"],
+                "worker_niceness": os.nice(0) if niceness is None else int(niceness),
+            },
+        )
         reap_orphans()
         ready_dir = tempfile.mkdtemp(prefix=f"{READY_PREFIX}{os.getpid()}-")
     # Every process the local Ray starts inherits this tag, which finds them after
@@ -269,8 +314,14 @@ def _start(address: str | None, num_cpus: int | None, num_gpus: float | None, ve
     session = RaySession(ray, ready_dir, tag, local=not address)
     try:
         os.environ.update(inherited)
+        started = time.perf_counter()
         try:
             ray.init(**args)
+            progress.start_line(
+                f"joined the Ray cluster at {address}"
+                if address
+                else f"Ray started ({time.perf_counter() - started:.1f}s); client workers starting"
+            )
         except SystemExit as e:  # SIGTERM while ray.init had its own handler installed
             if in_main and e.code == signal.SIGTERM:
                 from ..interrupts import Interrupted
@@ -330,7 +381,9 @@ def _tags_of_processes() -> list[tuple[int, str]]:
                 prefix = f"{_TAG}=".encode()
                 for item in block.split(b"\0"):
                     if item.startswith(prefix):
-                        found.append((int(entry.name), item[len(prefix):].decode(errors="replace")))
+                        found.append(
+                            (int(entry.name), item[len(prefix) :].decode(errors="replace"))
+                        )
         return found
     try:
         import psutil
@@ -367,14 +420,16 @@ def reap_orphans() -> int:
             orphans.setdefault(int(owner), []).append(pid)
     for owner, pids in orphans.items():
         for pid in pids:
-            try:
+            with suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        print(f"fedexp: ended {len(pids)} process(es) left by the Ray of a killed fedexp run "
-              f"(driver pid {owner})", file=sys.stderr, flush=True)
+        print(
+            f"fedexp: ended {len(pids)} process(es) left by the Ray of a killed fedexp run "
+            f"(driver pid {owner})",
+            file=sys.stderr,
+            flush=True,
+        )
     for folder in Path(tempfile.gettempdir()).glob(f"{READY_PREFIX}*-*"):
-        if _driver_gone(folder.name[len(READY_PREFIX):].split("-", 1)[0]):
+        if _driver_gone(folder.name[len(READY_PREFIX) :].split("-", 1)[0]):
             shutil.rmtree(folder, ignore_errors=True)
     return sum(len(pids) for pids in orphans.values())
 
@@ -389,10 +444,8 @@ def _stop_leftovers(tag: str) -> None:
 
         procs = _tagged(tag)
         for proc in procs:
-            try:
+            with suppress(psutil.NoSuchProcess):
                 proc.kill()
-            except psutil.NoSuchProcess:
-                pass
         # A killed worker is a zombie until the process it was re-parented to reaps it
         # (on some machines only every few seconds); a zombie holds no CPU or memory.
         deadline = time.monotonic() + 5
@@ -418,13 +471,15 @@ def _kill_workers(pids: list[int]) -> None:
     """SIGKILL the client workers still alive KILL_AFTER s after the signal: their pending
     `ray.get`s in Flower's threads then fail at once."""
     if pids:
-        print(f"fedexp: clients still busy {KILL_AFTER:.0f} s after the signal: stopping "
-              f"their {len(pids)} Ray worker(s)", file=sys.stderr, flush=True)
+        print(
+            f"fedexp: clients still busy {KILL_AFTER:.0f} s after the signal: stopping "
+            f"their {len(pids)} Ray worker(s)",
+            file=sys.stderr,
+            flush=True,
+        )
     for pid in pids:
-        try:
+        with suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def client_pool(session: RaySession, actors: int):
@@ -512,7 +567,9 @@ def inline_clients(threads: int):
                 return self.app_fn()(message=message, context=context), context
             except LoadClientAppError:
                 raise
-            except Exception as ex:  # reported to the server as a failed client, as Ray's actor does
+            except (
+                Exception
+            ) as ex:  # reported to the server as a failed client, as Ray's actor does
                 raise ClientAppException(str(ex)) from ex
             finally:
                 torch.set_num_threads(before)
@@ -551,15 +608,24 @@ def _engine_backend(backend) -> Any:
         raybackend.RayBackend, vce_api.Queue = flowers
 
 
-def run_engine(server_app, client_app, num_clients: int, verbose: bool, stop, backend,
-               client_resources: dict | None = None, session: RaySession | None = None) -> None:
+def run_engine(
+    server_app,
+    client_app,
+    num_clients: int,
+    verbose: bool,
+    stop,
+    backend,
+    client_resources: dict | None = None,
+    session: RaySession | None = None,
+) -> None:
     """Run the ServerApp against `num_clients` virtual ClientApps on `backend` (a
     `client_pool` of `session`, or `inline_clients`) until it returns.
 
     `stop()` must make the ServerApp end soon; it is called on SIGINT/SIGTERM, after
     which this raises `Interrupted` once the engine has wound down."""
-    from ..interrupts import deferred_interrupts
     from flwr.simulation import run_simulation
+
+    from ..interrupts import deferred_interrupts
 
     flwr_logger = logging.getLogger("flwr")
     drops = [_DropRunSimulationDeprecation()] + ([] if verbose else [_DropClientTracebacks()])
@@ -587,7 +653,9 @@ def run_engine(server_app, client_app, num_clients: int, verbose: bool, stop, ba
                 client_app=client_app,
                 num_supernodes=num_clients,
                 backend_name="ray",
-                backend_config={"client_resources": client_resources or {"num_cpus": 1, "num_gpus": 0.0}},
+                backend_config={
+                    "client_resources": client_resources or {"num_cpus": 1, "num_gpus": 0.0}
+                },
                 verbose_logging=verbose,
             )
     finally:

@@ -10,6 +10,7 @@ The setting checks (checks.py) and the run build the strategy through `build` wi
 same hooks, so a strategy that needs one of them (FedAdam needs the initial model) is
 checked as it will run.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -43,8 +44,12 @@ _WITHOUT = {
 def weighted_mean(metrics: list[tuple[int, dict]]) -> dict:
     """Average each numeric metric over clients, weighted by their example counts."""
     total = sum(n for n, _ in metrics)
-    keys = {k for _, m in metrics for k, v in m.items() if k != "partition_id"
-            and isinstance(v, (int, float))}
+    keys = {
+        k
+        for _, m in metrics
+        for k, v in m.items()
+        if k != "partition_id" and isinstance(v, (int, float))
+    }
     if total == 0:
         return {}
     return {k: sum(n * float(m[k]) for n, m in metrics if k in m) / total for k in sorted(keys)}
@@ -62,25 +67,33 @@ def evaluate_config_fn(cfg: DictConfig) -> Callable[[int], dict]:
 def is_personal(cfg: DictConfig) -> bool:
     """Whether the method's clients each evaluate a model of their own."""
     node = cfg.strategy.get("client")
-    return bool(node) and bool(getattr(importable("strategy.client", node._target_), "personal", False))
+    return bool(node) and bool(
+        getattr(importable("strategy.client", node._target_), "personal", False)
+    )
 
 
 def server_hooks(cfg: DictConfig, model: torch.nn.Module, evaluate_fn: Callable | None) -> dict:
     """Everything fedexp offers a strategy's constructor, for the run `cfg` describes."""
 
     def fit_config(server_round: int) -> dict:
-        return {"server_round": server_round, "local_epochs": int(cfg.local_epochs),
-                "batch_size": int(cfg.batch_size), "lr": float(cfg.optimizer.lr),
-                "seed": int(cfg.seed)}
+        return {
+            "server_round": server_round,
+            "local_epochs": int(cfg.local_epochs),
+            "batch_size": int(cfg.batch_size),
+            "lr": float(cfg.optimizer.lr),
+            "seed": int(cfg.seed),
+        }
 
     evaluate_config = evaluate_config_fn(cfg)
-    return {"initial_parameters": ndarrays_to_parameters(get_weights(model)),
-            "evaluate_fn": evaluate_fn,
-            "on_fit_config_fn": fit_config,
-            "on_evaluate_config_fn": evaluate_config,
-            "fit_metrics_aggregation_fn": weighted_mean,
-            "evaluate_metrics_aggregation_fn": weighted_mean,
-            "model_layout": ModelLayout.of(model)}
+    return {
+        "initial_parameters": ndarrays_to_parameters(get_weights(model)),
+        "evaluate_fn": evaluate_fn,
+        "on_fit_config_fn": fit_config,
+        "on_evaluate_config_fn": evaluate_config,
+        "fit_metrics_aggregation_fn": weighted_mean,
+        "evaluate_metrics_aggregation_fn": weighted_mean,
+        "model_layout": ModelLayout.of(model),
+    }
 
 
 def _constructor_parameters(factory) -> dict[str, inspect.Parameter]:
@@ -109,8 +122,9 @@ def strategy_node(node: DictConfig) -> DictConfig:
     return OmegaConf.create(settings)
 
 
-def build(cfg: DictConfig, model: torch.nn.Module, evaluate_fn: Callable | None = None,
-          warn: bool = True) -> Strategy:
+def build(
+    cfg: DictConfig, model: torch.nn.Module, evaluate_fn: Callable | None = None, warn: bool = True
+) -> Strategy:
     """Instantiate `cfg.strategy` with the hooks its constructor accepts; `warn` logs each
     hook it cannot take (the setting checks build it quietly, the run says it once)."""
     node = strategy_node(cfg.strategy)
@@ -131,10 +145,14 @@ def build(cfg: DictConfig, model: torch.nn.Module, evaluate_fn: Callable | None 
         # would turn dataclasses (Parameters, ModelLayout) into configs.
         strategy = instantiate(node, _partial_=True)(**accepted)
     except Exception as e:
-        raise ConfigError(f"strategy ({target}) cannot be built from its settings: {first_line(e)}") from None
+        raise ConfigError(
+            f"strategy ({target}) cannot be built from its settings: {first_line(e)}"
+        ) from None
     if not isinstance(strategy, Strategy):
-        raise ConfigError(f"strategy._target_={target} built a {type(strategy).__name__}, "
-                          "not a flwr.server.strategy.Strategy")
+        raise ConfigError(
+            f"strategy._target_={target} built a {type(strategy).__name__}, "
+            "not a flwr.server.strategy.Strategy"
+        )
     return strategy
 
 
@@ -148,12 +166,16 @@ def check_client_half(cfg: DictConfig, model: torch.nn.Module) -> None:
         return
     method = build_checked("strategy.client", node)
     if not isinstance(method, ClientMethod):
-        raise ConfigError(f"strategy.client._target_={node.get('_target_')} built a "
-                          f"{type(method).__name__}, not a fedexp.federated.methods.ClientMethod")
+        raise ConfigError(
+            f"strategy.client._target_={node.get('_target_')} built a "
+            f"{type(method).__name__}, not a fedexp.federated.methods.ClientMethod"
+        )
     problem = method.check_model(ModelLayout.of(model))
     if problem:
-        raise ConfigError(f"strategy.client ({node._target_}) cannot work with model "
-                          f"({cfg.model._target_}): {problem}")
+        raise ConfigError(
+            f"strategy.client ({node._target_}) cannot work with model "
+            f"({cfg.model._target_}): {problem}"
+        )
 
 
 def local_solver_note(cfg: DictConfig) -> str | None:

@@ -12,6 +12,8 @@ When done, a worker of a local Ray marks itself ready in the run's READY_DIR: ro
 for every client slot's worker, so that worker start-up, a fixed cost, is not counted as
 training time (see simulation.RaySession.wait_for_workers).
 """
+
+import contextlib
 import os
 from pathlib import Path
 
@@ -21,17 +23,15 @@ def _mark_ready() -> None:
     # failed, and this must run even then.
     ready_dir = os.environ.get("FEDEXP_READY_DIR")
     if ready_dir:
-        try:
+        with contextlib.suppress(OSError):  # the run is over and its directory gone
             Path(ready_dir, str(os.getpid())).touch()
-        except OSError:  # the run is over and its directory gone
-            pass
 
 
 try:
     import flwr.simulation.ray_transport.ray_actor  # noqa: F401  (the actor class Flower uses)
 
-    from . import client  # noqa: F401
     from ..training import first_steps
+    from . import client  # noqa: F401
 
     first_steps()
 finally:  # even a failed import: the driver must not wait for this worker

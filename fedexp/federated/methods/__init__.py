@@ -15,6 +15,7 @@
 `base.py` explains the hooks. A new method is one module here (or anywhere importable)
 and one `conf/strategy/NAME.yaml` naming both halves.
 """
+
 from .base import ClientMethod, ClientState, FedAvgBased, LocalEvaluation, LocalFit
 
 __all__ = ["ClientMethod", "ClientState", "FedAvgBased", "LocalEvaluation", "LocalFit"]

@@ -17,6 +17,7 @@ methods differ:
 the global model. On the server, `FedAvgBased` reads each client's result as a
 `ClientUpdate` (its weights and extras apart) and hands them to the method's `new_global`.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,7 +27,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.common import ArrayRecord, FitIns, RecordDict, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common import (
+    ArrayRecord,
+    FitIns,
+    RecordDict,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
 from flwr.server.strategy import FedAvg
 
 from ...training import TrainingHooks
@@ -52,7 +59,9 @@ class ClientState:
         self.records[name] = ArrayRecord(numpy_ndarrays=[np.ascontiguousarray(a) for a in arrays])
 
     def nbytes(self) -> int:
-        return sum(len(a.data) for record in self.records.array_records.values() for a in record.values())
+        return sum(
+            len(a.data) for record in self.records.array_records.values() for a in record.values()
+        )
 
 
 class DiskClientState(ClientState):
@@ -74,7 +83,7 @@ class DiskClientState(ClientState):
     def _versions(self, name: str) -> list[tuple[int, Path]]:
         found = []
         for path in self.dir.glob(f"{name}.*.npz"):
-            stem = path.name[len(name) + 1:-len(".npz")]
+            stem = path.name[len(name) + 1 : -len(".npz")]
             if stem.isdigit():
                 found.append((int(stem), path))
         return sorted(found)
@@ -91,7 +100,7 @@ class DiskClientState(ClientState):
         tmp = self.dir / f".{name}.{os.getpid()}.tmp.npz"
         np.savez(tmp, *arrays)
         os.replace(tmp, self.dir / f"{name}.{self.round or 0:06d}.npz")
-        for _, old in self._versions(name)[:-self.keep]:
+        for _, old in self._versions(name)[: -self.keep]:
             old.unlink(missing_ok=True)
 
     def nbytes(self) -> int:
@@ -103,7 +112,7 @@ class DiskClientState(ClientState):
         folder per client); returns how many files went."""
         gone = 0
         for path in Path(root).glob("*/*.npz"):
-            stem = path.name[:-len(".npz")].rpartition(".")[2]
+            stem = path.name[: -len(".npz")].rpartition(".")[2]
             if stem.isdigit() and int(stem) > server_round:
                 path.unlink(missing_ok=True)
                 gone += 1
@@ -116,9 +125,9 @@ class LocalFit:
 
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
-    config: dict                        # the server's instructions for this round
-    global_weights: list[np.ndarray]    # the model's arrays as received
-    server_extras: list[np.ndarray]     # what the strategy sent after them
+    config: dict  # the server's instructions for this round
+    global_weights: list[np.ndarray]  # the model's arrays as received
+    server_extras: list[np.ndarray]  # what the strategy sent after them
     state: ClientState
     layout: ModelLayout
     evaluate_train: Callable[[], dict]  # the model as it is now, on this client's training data
@@ -126,7 +135,7 @@ class LocalFit:
     # optimizer settings, its own seeded stream) for another model, e.g. a personal one
     train: Callable[[torch.nn.Module, TrainingHooks], dict]
     spare_model: Callable[[], torch.nn.Module]  # a second model of the same shape, for that
-    steps: int = 0                      # optimizer steps taken (known after training)
+    steps: int = 0  # optimizer steps taken (known after training)
     metrics: dict = field(default_factory=dict)  # reported back with the fit result
 
     @property
@@ -168,7 +177,7 @@ class Proximal(TrainingHooks):
 class LocalEvaluation:
     """One client's `evaluate` call, as a method's hook sees it."""
 
-    model: torch.nn.Module              # holds the received global model
+    model: torch.nn.Module  # holds the received global model
     config: dict
     state: ClientState
     layout: ModelLayout
@@ -219,7 +228,11 @@ class LocalLayersClient(ClientMethod):
 
     def check_model(self, layout: ModelLayout) -> str | None:
         try:
-            return None if self.local_indices(layout) else "it has no layer that this method keeps local"
+            return (
+                None
+                if self.local_indices(layout)
+                else "it has no layer that this method keeps local"
+            )
         except ValueError as e:
             return str(e)
 
@@ -227,16 +240,22 @@ class LocalLayersClient(ClientMethod):
         stored = state.get(self.state_key)
         if stored is not None:
             names = [layout.names[i] for i in self.local_indices(layout)]
-            model.load_state_dict({n: torch.from_numpy(np.array(a)) for n, a in zip(names, stored)},
-                                  strict=False)
+            model.load_state_dict(
+                {n: torch.from_numpy(np.array(a)) for n, a in zip(names, stored)}, strict=False
+            )
 
     def before_fit(self, fit: LocalFit) -> None:
         self._load_own(fit.model, fit.layout, fit.state)
 
     def after_fit(self, fit: LocalFit) -> list[np.ndarray]:
         state = fit.model.state_dict()
-        fit.state.set(self.state_key, [state[fit.layout.names[i]].detach().cpu().numpy()
-                                       for i in self.local_indices(fit.layout)])
+        fit.state.set(
+            self.state_key,
+            [
+                state[fit.layout.names[i]].detach().cpu().numpy()
+                for i in self.local_indices(fit.layout)
+            ],
+        )
         return []
 
     def before_evaluate(self, evaluation: LocalEvaluation) -> None:
@@ -287,12 +306,17 @@ class FedAvgBased(FedAvg):
     """
 
     reads_extras = True  # fedexp hands this strategy the clients' extras too
+    shown: tuple[str, ...] = ()  # the method's own settings, named by repr (the run's log)
 
     def __init__(self, *, model_layout: ModelLayout | None = None, **kwargs):
         super().__init__(**kwargs)
         self.layout = model_layout
         self.global_weights: list[np.ndarray] | None = None
         self.num_clients = 0
+
+    def __repr__(self) -> str:
+        settings = ", ".join(f"{k}={getattr(self, k)}" for k in self.shown)
+        return f"{type(self).__name__}({settings})"
 
     def configure_fit(self, server_round, parameters, client_manager):
         self.global_weights = parameters_to_ndarrays(parameters)
@@ -301,8 +325,10 @@ class FedAvgBased(FedAvg):
         self.num_clients = client_manager.num_available()
         extras = self.extras_for_clients()
         settings = self.settings_for_clients()
-        return [(proxy, FitIns(with_extras(ins.parameters, extras), {**ins.config, **settings}))
-                for proxy, ins in super().configure_fit(server_round, parameters, client_manager)]
+        return [
+            (proxy, FitIns(with_extras(ins.parameters, extras), {**ins.config, **settings}))
+            for proxy, ins in super().configure_fit(server_round, parameters, client_manager)
+        ]
 
     def extras_for_clients(self) -> list[np.ndarray]:
         """Arrays sent to every sampled client after the global model."""
@@ -333,7 +359,9 @@ class FedAvgBased(FedAvg):
             new[i] = value
         metrics = {}
         if self.fit_metrics_aggregation_fn:
-            metrics = self.fit_metrics_aggregation_fn([(r.num_examples, r.metrics) for _, r in results])
+            metrics = self.fit_metrics_aggregation_fn(
+                [(r.num_examples, r.metrics) for _, r in results]
+            )
         return ndarrays_to_parameters(new), metrics
 
     def new_global(self, updates) -> list[np.ndarray]:

@@ -12,6 +12,7 @@ global one: 0 is purely local training, large lambda is FedAvg's model. A client
 evaluated with its personal model. A client that has never been sampled has no personal
 model yet and is evaluated with the global model, which is where its v_k would start.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -33,8 +34,10 @@ class DittoClient(ClientMethod):
     def after_fit(self, fit: LocalFit) -> list[np.ndarray]:
         personal = fit.spare_model()
         set_weights(personal, fit.state.get(STATE_KEY) or fit.global_weights)
-        stats = fit.train(personal, Proximal(float(fit.config["lam"]), fit.trained_params(personal),
-                                             fit.global_trained()))
+        stats = fit.train(
+            personal,
+            Proximal(float(fit.config["lam"]), fit.trained_params(personal), fit.global_trained()),
+        )
         fit.state.set(STATE_KEY, get_weights(personal))
         fit.metrics["personal_train_loss"] = stats["loss"]
         return []
@@ -56,5 +59,7 @@ class Ditto(FedAvg):
         return f"Ditto(lam={self.lam})"
 
     def configure_fit(self, server_round, parameters, client_manager):
-        return [(proxy, FitIns(ins.parameters, {**ins.config, "lam": float(self.lam)}))
-                for proxy, ins in super().configure_fit(server_round, parameters, client_manager)]
+        return [
+            (proxy, FitIns(ins.parameters, {**ins.config, "lam": float(self.lam)}))
+            for proxy, ins in super().configure_fit(server_round, parameters, client_manager)
+        ]

@@ -7,6 +7,7 @@ non-BatchNorm parameters). A client's model is the shared layers with its own
 BatchNorm, which is also the model it is evaluated with. It needs a model with
 BatchNorm: conf/strategy/fedbn.yaml sets `model.batch_norm=true`.
 """
+
 from __future__ import annotations
 
 from ..payload import ModelLayout
@@ -27,8 +28,10 @@ class FedBNClient(LocalLayersClient):
 
     def check_model(self, layout: ModelLayout) -> str | None:
         if not batch_norm_entries(layout):
-            return ("it has no BatchNorm layer for FedBN to keep local (strategy=fedbn sets "
-                    "model.batch_norm=true; leave it so)")
+            return (
+                "it has no BatchNorm layer for FedBN to keep local (strategy=fedbn sets "
+                "model.batch_norm=true; leave it so)"
+            )
         return None
 
 

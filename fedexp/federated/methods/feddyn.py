@@ -19,6 +19,7 @@ The server keeps h (zero at first) and, with P the sampled clients and m all of 
 `alpha` is sent to the clients in every fit instruction. The regulariser covers the
 trained parameters; BatchNorm's statistics are averaged as in FedAvg.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -39,7 +40,11 @@ class FedDynClient(ClientMethod):
         self.params = fit.trained_params()
         self.anchor = fit.global_trained()
         stored = fit.state.get(STATE_KEY)
-        self.grad = fit.as_tensors(stored) if stored is not None else [torch.zeros_like(p) for p in self.params]
+        self.grad = (
+            fit.as_tensors(stored)
+            if stored is not None
+            else [torch.zeros_like(p) for p in self.params]
+        )
 
     def loss_term(self, model):
         linear = sum((p * g).sum() for p, g in zip(self.params, self.grad))
@@ -47,7 +52,10 @@ class FedDynClient(ClientMethod):
         return 0.5 * self.alpha * quadratic - linear
 
     def after_fit(self, fit: LocalFit) -> list[np.ndarray]:
-        new = [g - self.alpha * (p.detach() - a) for g, p, a in zip(self.grad, self.params, self.anchor)]
+        new = [
+            g - self.alpha * (p.detach() - a)
+            for g, p, a in zip(self.grad, self.params, self.anchor)
+        ]
         fit.state.set(STATE_KEY, [t.cpu().numpy() for t in new])
         return []
 
@@ -55,13 +63,12 @@ class FedDynClient(ClientMethod):
 class FedDyn(FedAvgBased):
     """FedDyn's server: FedAvg's sampling, the dynamically corrected average (see the module)."""
 
+    shown = ("alpha",)
+
     def __init__(self, *, alpha: float = 0.01, **kwargs):
         super().__init__(**kwargs)
         self.alpha = alpha
         self.h: list[np.ndarray] | None = None
-
-    def __repr__(self) -> str:
-        return f"FedDyn(alpha={self.alpha})"
 
     def settings_for_clients(self) -> dict:
         return {"alpha": float(self.alpha)}
@@ -75,5 +82,8 @@ class FedDyn(FedAvgBased):
             self.h = [np.zeros_like(xj) for xj in x]
         m = max(self.num_clients, thetas.count)
         # sum_k (theta_k - x) = sum_k theta_k - |P| x
-        self.h = [h - self.alpha * (t - thetas.count * xj) / m for h, t, xj in zip(self.h, thetas.total, x)]
+        self.h = [
+            h - self.alpha * (t - thetas.count * xj) / m
+            for h, t, xj in zip(self.h, thetas.total, x)
+        ]
         return [t / thetas.count - h / self.alpha for t, h in zip(thetas.total, self.h)]

@@ -18,6 +18,7 @@ the update with weight (1 - rho^(tau_i - k)) / (1 - rho), so
 which is tau_i for rho = 0. Client (`FedNovaClient`): reports ||a_i||_1 as `fednova_a`.
 Other local optimizers (Adam) are normalised by their step count, as plain SGD would be.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -32,15 +33,17 @@ def local_work(steps: int, momentum: float = 0.0) -> float:
     if momentum == 0:
         return float(steps)
     rho = float(momentum)
-    return (steps - rho * (1 - rho ** steps) / (1 - rho)) / (1 - rho)
+    return (steps - rho * (1 - rho**steps) / (1 - rho)) / (1 - rho)
 
 
 class FedNovaClient(ClientMethod):
     """Reports how much local work its update holds (||a_i||_1)."""
 
-    sgd_only = ("FedNova's normaliser ||a_i||_1 is defined for SGD with momentum; with this "
-                "optimizer each update is normalised by its number of steps (the paper and "
-                "NIID-Bench use optimizer=sgd)")
+    sgd_only = (
+        "FedNova's normaliser ||a_i||_1 is defined for SGD with momentum; with this "
+        "optimizer each update is normalised by its number of steps (the paper and "
+        "NIID-Bench use optimizer=sgd)"
+    )
 
     def after_fit(self, fit: LocalFit) -> list[np.ndarray]:
         group = fit.optimizer.param_groups[0]
@@ -52,16 +55,15 @@ class FedNovaClient(ClientMethod):
 class FedNova(FedAvgBased):
     """FedNova's server: FedAvg's sampling, the normalised update (see the module)."""
 
-    def __repr__(self) -> str:
-        return "FedNova()"
-
     def new_global(self, updates) -> list[np.ndarray]:
         x = self.global_trained()
         tau_eff, direction = 0.0, Sum()
         for u in updates:
             if A_KEY not in u.metrics:
-                raise RuntimeError(f"FedNova: a client did not report '{A_KEY}' "
-                                   "(its client half must be FedNovaClient)")
+                raise RuntimeError(
+                    f"FedNova: a client did not report '{A_KEY}' "
+                    "(its client half must be FedNovaClient)"
+                )
             a = float(u.metrics[A_KEY])
             tau_eff += u.share * a
             direction.add([xj - y for xj, y in zip(x, u.trained(self.layout))], u.share / a)

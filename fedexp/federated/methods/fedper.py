@@ -6,6 +6,7 @@ client's model is the shared base with its own head, which is also the model it 
 evaluated with. `head` names the head's layers (module names of the model's
 `state_dict`: `fc3` for `model=cnn`, `fc` for `model=resnet18`).
 """
+
 from __future__ import annotations
 
 from ..payload import ModelLayout
@@ -16,8 +17,10 @@ def head_entries(layout: ModelLayout, head) -> list[int]:
     found = layout.under(list(head))
     if not found:
         top = list(dict.fromkeys(n.split(".")[0] for n in layout.names))
-        raise ValueError(f"strategy.head={list(head)} names no layer of the model (its top-level "
-                         f"layers: {', '.join(top)})")
+        raise ValueError(
+            f"strategy.head={list(head)} names no layer of the model (its top-level "
+            f"layers: {', '.join(top)})"
+        )
     return found
 
 

@@ -8,6 +8,7 @@ objective (eq. 2)
 
 w^t being the global model the client received. mu = 0 is FedAvg's client, bit for bit.
 """
+
 from __future__ import annotations
 
 from .base import ClientMethod, LocalFit, Proximal
@@ -18,7 +19,9 @@ class FedProxClient(ClientMethod):
 
     def before_fit(self, fit: LocalFit) -> None:
         self.mu = float(fit.config.get("proximal_mu", 0.0))
-        self.term = Proximal(self.mu, fit.trained_params(), fit.global_trained()) if self.mu > 0 else None
+        self.term = (
+            Proximal(self.mu, fit.trained_params(), fit.global_trained()) if self.mu > 0 else None
+        )
 
     def loss_term(self, model):
         return None if self.term is None else self.term.loss_term(model)

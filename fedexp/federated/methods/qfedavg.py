@@ -12,6 +12,7 @@ paper's 1/L) and its `aggregate_qffl` update:
     Delta_k = L (w - w_k),   h_k = q F_k^(q-1) ||Delta_k||^2 + L F_k^q,
     w <- w - sum_k F_k^q Delta_k / sum_k h_k.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -45,21 +46,32 @@ class QFedAvg(FlowerQFedAvg):
         deltas, hs = [], []
         for proxy, res in results:
             if LOSS_KEY not in res.metrics:
-                raise RuntimeError(f"q-FedAvg: client {proxy.cid} did not report '{LOSS_KEY}' "
-                                   "(its client half must be fedexp.federated.methods.qfedavg.QFedAvgClient)")
+                raise RuntimeError(
+                    f"q-FedAvg: client {proxy.cid} did not report '{LOSS_KEY}' "
+                    "(its client half must be fedexp.federated.methods.qfedavg.QFedAvgClient)"
+                )
             loss = float(res.metrics[LOSS_KEY]) + 1e-10
             # The paper's update direction: Delta w_k = L (w - w_k), L = 1 / qffl_learning_rate.
-            grads = [(u - v) / self.learning_rate
-                     for u, v in zip(before, parameters_to_ndarrays(res.parameters), strict=True)]
+            grads = [
+                (u - v) / self.learning_rate
+                for u, v in zip(before, parameters_to_ndarrays(res.parameters), strict=True)
+            ]
             # ||Delta w_k||^2 over the weights only: integer buffers (BatchNorm's batch
             # counters) are not part of the model's function and would swamp the norm.
-            norm2 = sum(float(np.sum(np.square(g))) for g, u in zip(grads, before)
-                        if np.issubdtype(u.dtype, np.floating))
+            norm2 = sum(
+                float(np.sum(np.square(g)))
+                for g, u in zip(grads, before)
+                if np.issubdtype(u.dtype, np.floating)
+            )
             deltas.append([np.float_power(loss, self.q_param) * g for g in grads])
-            hs.append(self.q_param * np.float_power(loss, self.q_param - 1) * norm2
-                      + np.float_power(loss, self.q_param) / self.learning_rate)
+            hs.append(
+                self.q_param * np.float_power(loss, self.q_param - 1) * norm2
+                + np.float_power(loss, self.q_param) / self.learning_rate
+            )
         weights = aggregate_qffl(before, deltas, hs)
         metrics = {}
         if self.fit_metrics_aggregation_fn:
-            metrics = self.fit_metrics_aggregation_fn([(r.num_examples, r.metrics) for _, r in results])
+            metrics = self.fit_metrics_aggregation_fn(
+                [(r.num_examples, r.metrics) for _, r in results]
+            )
         return ndarrays_to_parameters(weights), metrics

@@ -25,6 +25,7 @@ carries the momentum's scale, and correcting the gradient instead would amplify 
 Control variates cover the trained parameters; BatchNorm's statistics are averaged as in
 FedAvg.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -39,9 +40,11 @@ class ScaffoldClient(ClientMethod):
     """Corrects each local step by c - c_i; updates c_i (option II) and sends Delta c_i."""
 
     keeps_state = True
-    sgd_only = ("option II's c_i = c_i - c + (x - y_i)/(K lr) is the mean gradient only for "
-                "SGD steps; with this optimizer it is an estimate (the paper and NIID-Bench use "
-                "optimizer=sgd)")
+    sgd_only = (
+        "option II's c_i = c_i - c + (x - y_i)/(K lr) is the mean gradient only for "
+        "SGD steps; with this optimizer it is an estimate (the paper and NIID-Bench use "
+        "optimizer=sgd)"
+    )
 
     def before_fit(self, fit: LocalFit) -> None:
         self.lr = fit.lr
@@ -59,8 +62,10 @@ class ScaffoldClient(ClientMethod):
 
     def after_fit(self, fit: LocalFit) -> list[np.ndarray]:
         scale = 1.0 / (fit.steps * fit.lr)
-        c_i_new = [ci - c + (x - y.detach()) * scale
-                   for ci, c, x, y in zip(self.c_i, self.c, fit.global_trained(), self.params)]
+        c_i_new = [
+            ci - c + (x - y.detach()) * scale
+            for ci, c, x, y in zip(self.c_i, self.c, fit.global_trained(), self.params)
+        ]
         fit.state.set(STATE_KEY, [t.cpu().numpy() for t in c_i_new])
         return [(new - old).cpu().numpy() for new, old in zip(c_i_new, self.c_i)]
 
@@ -68,13 +73,12 @@ class ScaffoldClient(ClientMethod):
 class Scaffold(FedAvgBased):
     """SCAFFOLD's server: FedAvg's sampling, the controlled update of x and c (see the module)."""
 
+    shown = ("server_learning_rate",)
+
     def __init__(self, *, server_learning_rate: float = 1.0, **kwargs):
         super().__init__(**kwargs)
         self.server_learning_rate = server_learning_rate
         self.c: list[np.ndarray] | None = None
-
-    def __repr__(self) -> str:
-        return f"Scaffold(server_learning_rate={self.server_learning_rate})"
 
     def extras_for_clients(self) -> list[np.ndarray]:
         if self.c is None:
@@ -86,8 +90,10 @@ class Scaffold(FedAvgBased):
         step, dc = Sum(), Sum()
         for u in updates:
             if len(u.extras) != len(self.c):
-                raise RuntimeError(f"SCAFFOLD: a client sent {len(u.extras)} control-variate arrays, "
-                                   f"expected {len(self.c)} (its client half must be ScaffoldClient)")
+                raise RuntimeError(
+                    f"SCAFFOLD: a client sent {len(u.extras)} control-variate arrays, "
+                    f"expected {len(self.c)} (its client half must be ScaffoldClient)"
+                )
             step.add([y - xj for y, xj in zip(u.trained(self.layout), x)])
             dc.add(u.extras)
         n = max(self.num_clients, dc.count)

@@ -1,4 +1,5 @@
 """The global model as the run goes, and the ends of a run that cannot usefully go on."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,7 +19,9 @@ class ClientDiverged(RuntimeError):
 
 
 def finite(parameters: Parameters) -> bool:
-    return all(np.isfinite(a).all() for a in parameters_to_ndarrays(parameters) if a.dtype.kind in "fc")
+    return all(
+        np.isfinite(a).all() for a in parameters_to_ndarrays(parameters) if a.dtype.kind in "fc"
+    )
 
 
 class GlobalModel:
@@ -48,14 +51,22 @@ class GlobalModel:
         return None if self.kept is None else parameters_to_ndarrays(self.kept)
 
 
-def nothing_to_aggregate(server_round: int, diverged: list, failures: list, reasons: list[str]) -> RunEnded:
+def nothing_to_aggregate(
+    server_round: int, diverged: list, failures: list, reasons: list[str]
+) -> RunEnded:
     """The end of a run whose round left no client result to aggregate.
 
     Flower's FedAvg would keep going with the old model and log a warning; a round in
     which every client failed or diverged says that the run is broken."""
     if diverged:
         example = sorted(str(r[1].metrics["diverged"]) for r in diverged)[0]
-        return RunEnded("diverged", f"round {server_round}: local training diverged on all "
-                                    f"{len(diverged)} clients that answered ({example})")
-    return RunEnded("failed", f"round {server_round}: all {len(failures)} sampled clients "
-                              f"failed, nothing to aggregate (e.g. {reasons[0]})")
+        return RunEnded(
+            "diverged",
+            f"round {server_round}: local training diverged on all "
+            f"{len(diverged)} clients that answered ({example})",
+        )
+    return RunEnded(
+        "failed",
+        f"round {server_round}: all {len(failures)} sampled clients "
+        f"failed, nothing to aggregate (e.g. {reasons[0]})",
+    )

@@ -1,5 +1,6 @@
 """How the server reaches a sampled client: its partition named in every instruction,
 stragglers that never answer, and calls that give up when the run is stopped."""
+
 from __future__ import annotations
 
 import threading
@@ -25,15 +26,17 @@ class ClientLink(ClientProxy):
       thread would otherwise wait forever and keep the process alive.
     """
 
-    def __init__(self, inner: ClientProxy, stop: threading.Event, partition: int,
-                 dropped: bool = False):
+    def __init__(
+        self, inner: ClientProxy, stop: threading.Event, partition: int, dropped: bool = False
+    ):
         super().__init__(inner.cid)
         self.inner, self.stop, self.partition, self.dropped = inner, stop, partition, dropped
 
     def _call(self, method: str, ins, timeout, group_id):
         if self.dropped:
-            raise StragglerTimeout(f"client {self.partition} dropped out of round {group_id} "
-                                   f"(straggler: no reply)")
+            raise StragglerTimeout(
+                f"client {self.partition} dropped out of round {group_id} (straggler: no reply)"
+            )
         box: dict = {}
         done = threading.Event()
 
@@ -74,9 +77,19 @@ class Dispatcher:
     (`partition_id` in the config), and a round's stragglers (`faults.straggler_rate`,
     seeded per round, see faults.py) are marked to drop out."""
 
-    def __init__(self, manager: PartitionClientManager, stop: threading.Event, seed: int = 0,
-                 straggler_rate: float = 0.0):
-        self.manager, self.stop, self.seed, self.straggler_rate = manager, stop, seed, straggler_rate
+    def __init__(
+        self,
+        manager: PartitionClientManager,
+        stop: threading.Event,
+        seed: int = 0,
+        straggler_rate: float = 0.0,
+    ):
+        self.manager, self.stop, self.seed, self.straggler_rate = (
+            manager,
+            stop,
+            seed,
+            straggler_rate,
+        )
         self.dropped: set[int] = set()
 
     def draw_stragglers(self, server_round: int, instructions) -> int:

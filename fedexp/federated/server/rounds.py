@@ -1,4 +1,5 @@
 """The record of each round: what results.json's `rounds` hold, reported once per round."""
+
 from __future__ import annotations
 
 import logging
@@ -22,7 +23,13 @@ def failure_reason(failure) -> str:
     inner = re.search(r"Message: (.*?)'>", text, re.S)
     if inner:
         return inner.group(1).strip().splitlines()[-1][:300]
-    return f"{type(failure).__name__}: {text}"[:300]
+    # Flower's wrapping of an error of the engine, e.g. a client's worker process that died:
+    # "... (reason: <class 'ray.exceptions.ActorDiedError'>:<'The actor died ...\n\t...'>)"
+    engine = re.search(r"<class '(?:[\w.]+\.)?(\w+)'>:<'([^\n']*)", text)
+    if engine:
+        return f"{engine.group(1)}: {engine.group(2).strip()}"[:300]
+    first = (text.strip().splitlines() or [""])[0]
+    return f"{type(failure).__name__}: {first}"[:300]
 
 
 class RoundRecorder:
@@ -39,11 +46,20 @@ class RoundRecorder:
 
     def open(self, server_round: int) -> None:
         self._t0 = time.perf_counter()
-        self.current = {"round": server_round, "fit_clients": 0, "fit_failures": 0,
-                        "evaluate_clients": 0, "evaluate_failures": 0, "train_loss": None,
-                        "train_accuracy": None, "distributed_loss": None,
-                        "distributed_accuracy": None, "test_loss": None, "test_accuracy": None,
-                        "aggregated": False}
+        self.current = {
+            "round": server_round,
+            "fit_clients": 0,
+            "fit_failures": 0,
+            "evaluate_clients": 0,
+            "evaluate_failures": 0,
+            "train_loss": None,
+            "train_accuracy": None,
+            "distributed_loss": None,
+            "distributed_accuracy": None,
+            "test_loss": None,
+            "test_accuracy": None,
+            "aggregated": False,
+        }
 
     def update(self, **values) -> None:
         self.current.update(values)
@@ -63,8 +79,11 @@ class RoundRecorder:
             kind = re.sub(r"\d+(\.\d+)?", "#", reason)
             if kind not in self._reasons_seen:
                 self._reasons_seen.add(kind)
-                log.warning("client failure: %s (failures like it are counted in results.json, "
-                            "not shown again)", reason)
+                log.warning(
+                    "client failure: %s (failures like it are counted in results.json, "
+                    "not shown again)",
+                    reason,
+                )
         return reasons
 
     def close(self) -> None:

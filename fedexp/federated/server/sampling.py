@@ -1,4 +1,5 @@
 """Which Flower node is which data partition, and which partitions a round samples."""
+
 from __future__ import annotations
 
 import random
@@ -42,8 +43,9 @@ class PartitionClientManager(SimpleClientManager):
     def sample(self, num_clients, min_num_clients=None, criterion=None):
         self.wait_for(num_clients if min_num_clients is None else min_num_clients)
         self._assign()
-        available = [p for p, proxy in self._proxy_of.items()
-                     if criterion is None or criterion.select(proxy)]
+        available = [
+            p for p, proxy in self._proxy_of.items() if criterion is None or criterion.select(proxy)
+        ]
         if num_clients > len(available):
             return []
         chosen = sorted(self.rng.sample(available, num_clients))

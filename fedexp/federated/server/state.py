@@ -11,6 +11,7 @@ covers a user's own strategy the same way, as long as it keeps its state in data
 (numbers, strings, arrays, tensors, Parameters, and lists, tuples and dicts of them);
 state held in other objects is not saved.
 """
+
 from __future__ import annotations
 
 import copy
@@ -20,7 +21,19 @@ import torch
 from flwr.common import Parameters
 from flwr.server.strategy import Strategy
 
-_LEAVES = (type(None), bool, int, float, complex, str, bytes, np.ndarray, np.generic, torch.Tensor, Parameters)
+_LEAVES = (
+    type(None),
+    bool,
+    int,
+    float,
+    complex,
+    str,
+    bytes,
+    np.ndarray,
+    np.generic,
+    torch.Tensor,
+    Parameters,
+)
 
 
 def is_data(value) -> bool:
@@ -38,7 +51,11 @@ def same(a, b) -> bool:
     if isinstance(a, torch.Tensor):
         a, b = a.detach().cpu().numpy(), b.detach().cpu().numpy()
     if isinstance(a, (np.ndarray, np.generic)):
-        return a.dtype == b.dtype and a.shape == b.shape and np.asarray(a).tobytes() == np.asarray(b).tobytes()
+        return (
+            a.dtype == b.dtype
+            and a.shape == b.shape
+            and np.asarray(a).tobytes() == np.asarray(b).tobytes()
+        )
     if isinstance(a, (list, tuple)):
         return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
     if isinstance(a, dict):
@@ -56,8 +73,11 @@ class StrategyState:
         self.built = {k: copy.deepcopy(v) for k, v in vars(strategy).items() if is_data(v)}
 
     def capture(self) -> dict:
-        return {k: v for k, v in vars(self.strategy).items()
-                if is_data(v) and (k not in self.built or not same(v, self.built[k]))}
+        return {
+            k: v
+            for k, v in vars(self.strategy).items()
+            if is_data(v) and (k not in self.built or not same(v, self.built[k]))
+        }
 
     def restore(self, saved: dict) -> None:
         for name, value in saved.items():

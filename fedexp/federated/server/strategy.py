@@ -20,6 +20,7 @@ sampling fractions, aggregation, evaluation. Around it, each part has one job:
 - `stop`: once set (on Ctrl-C, see simulation.py) every hook raises `RunStopped`, so that
   Flower's server thread ends within a second.
 """
+
 from __future__ import annotations
 
 import functools
@@ -30,10 +31,11 @@ import numpy as np
 from flwr.common import EvaluateIns, FitIns, Parameters, parameters_to_ndarrays
 from flwr.server.strategy import Strategy
 
+from ... import progress
 from ..payload import ModelLayout
+from .evaluation import AllClientsEvaluation
 from .guard import ClientDiverged, GlobalModel, RunEnded, finite, nothing_to_aggregate
 from .links import Dispatcher, RunStopped
-from .evaluation import AllClientsEvaluation
 from .rounds import RoundRecorder
 from .sampling import PartitionClientManager
 from .state import StrategyState
@@ -54,10 +56,18 @@ def _hook(method):
 class ServerStrategy(Strategy):
     """Delegates every decision to `inner`; see the module for what it adds."""
 
-    def __init__(self, inner: Strategy, client_manager: PartitionClientManager,
-                 on_round: Callable[[dict], None], *, seed: int = 0, straggler_rate: float = 0.0,
-                 layout: ModelLayout | None = None, all_clients: AllClientsEvaluation | None = None,
-                 on_clients: Callable[[list[dict]], None] | None = None):
+    def __init__(
+        self,
+        inner: Strategy,
+        client_manager: PartitionClientManager,
+        on_round: Callable[[dict], None],
+        *,
+        seed: int = 0,
+        straggler_rate: float = 0.0,
+        layout: ModelLayout | None = None,
+        all_clients: AllClientsEvaluation | None = None,
+        on_clients: Callable[[list[dict]], None] | None = None,
+    ):
         self.inner, self.manager = inner, client_manager
         self.stop = threading.Event()
         self.dispatcher = Dispatcher(client_manager, self.stop, seed, straggler_rate)
@@ -94,8 +104,12 @@ class ServerStrategy(Strategy):
 
     def checkpoint(self) -> dict:
         """What a resumed run needs from the server side after the round just recorded."""
-        return {"parameters": self.model.kept, "strategy": self.learned.capture(),
-                "sampling": self.manager.rng.getstate(), "initial": self.recorder.initial}
+        return {
+            "parameters": self.model.kept,
+            "strategy": self.learned.capture(),
+            "sampling": self.manager.rng.getstate(),
+            "initial": self.recorder.initial,
+        }
 
     def restore(self, saved: dict) -> None:
         """Continue after the checkpoint `saved` (of round `saved["step"]`)."""
@@ -123,6 +137,7 @@ class ServerStrategy(Strategy):
             # Simulated clients are registered at once while their worker processes are
             # still importing torch: that wait is start-up, so round 1's clock starts after it.
             self.client_start_seconds = self.wait_for_clients()
+            progress.start_line(f"clients ready ({self.client_start_seconds:.1f}s)")
         server_round += self.offset
         self.recorder.open(server_round)
         instructions = self.inner.configure_fit(server_round, parameters, client_manager)
@@ -145,21 +160,30 @@ class ServerStrategy(Strategy):
         results = self.manager.in_partition_order(results)
         diverged = [r for r in results if r[1].metrics.get("diverged")]
         results = [r for r in results if not r[1].metrics.get("diverged")]
-        failures = list(failures) + [ClientDiverged(str(r[1].metrics["diverged"])) for r in diverged]
+        failures = list(failures) + [
+            ClientDiverged(str(r[1].metrics["diverged"])) for r in diverged
+        ]
         reasons = self.recorder.note_failures(failures)
-        self.recorder.update(fit_clients=len(results), fit_failures=len(failures), fit_diverged=len(diverged))
+        self.recorder.update(
+            fit_clients=len(results), fit_failures=len(failures), fit_diverged=len(diverged)
+        )
         if not results:
             self._close_round()
             raise nothing_to_aggregate(server_round, diverged, failures, reasons)
         results = self._model_part(results)
         params, metrics = self.inner.aggregate_fit(server_round, results, failures)
-        self.recorder.update(aggregated=params is not None, train_loss=metrics.get("train_loss"),
-                             train_accuracy=metrics.get("train_accuracy"))
+        self.recorder.update(
+            aggregated=params is not None,
+            train_loss=metrics.get("train_loss"),
+            train_accuracy=metrics.get("train_accuracy"),
+        )
         if params is not None:
             if not finite(params):
                 self._close_round()
-                raise RunEnded("diverged", f"round {server_round}: the aggregated model has "
-                                           f"NaN or infinite parameters")
+                raise RunEnded(
+                    "diverged",
+                    f"round {server_round}: the aggregated model has NaN or infinite parameters",
+                )
             params = self.layout.restore_dtypes(params, results)
             self.model.accept(params)
         return params, metrics
@@ -173,12 +197,19 @@ class ServerStrategy(Strategy):
         if out is not None:
             loss, metrics = out
             self.recorder.test_result(server_round, loss, metrics.get("accuracy"))
+            if server_round == 0:
+                progress.start_line(
+                    f"initial model | test loss {progress.number(loss)} "
+                    f"acc {progress.number(metrics.get('accuracy'))}"
+                )
             if not np.isfinite(float(loss)):
                 if server_round > 0:
                     self.model.roll_back()
                     self._close_round()
-                raise RunEnded("diverged", f"round {server_round}: the global model's test "
-                                           f"loss is {float(loss)}")
+                raise RunEnded(
+                    "diverged",
+                    f"round {server_round}: the global model's test loss is {float(loss)}",
+                )
         return out
 
     @_hook
@@ -187,7 +218,9 @@ class ServerStrategy(Strategy):
         instructions = self.inner.configure_evaluate(server_round, parameters, client_manager)
         self._evaluating_all = self.all_clients is not None and self.all_clients.due(server_round)
         if self._evaluating_all:
-            instructions = self.all_clients.instructions(server_round, parameters, self.manager, instructions)
+            instructions = self.all_clients.instructions(
+                server_round, parameters, self.manager, instructions
+            )
         if not instructions:
             self._close_round()
         return self.dispatcher.links(instructions, EvaluateIns)
@@ -199,16 +232,25 @@ class ServerStrategy(Strategy):
         # Flower's example-weighted average would divide by zero if all were empty.
         results = self.manager.in_partition_order(results)
         if self._evaluating_all:
-            summary, rows = self.all_clients.summarise(server_round, results, failures, self.manager.partition_of)
+            summary, rows = self.all_clients.summarise(
+                server_round, results, failures, self.manager.partition_of
+            )
             self.recorder.update(all_clients=summary)
             self.on_clients(rows)
             results = self.all_clients.of_sample(results)
         results = [r for r in results if r[1].num_examples > 0]
         self.recorder.note_failures(failures)
-        loss, metrics = (self.inner.aggregate_evaluate(server_round, results, failures)
-                         if results else (None, {}))
-        self.recorder.update(evaluate_clients=len(results), evaluate_failures=len(failures),
-                             distributed_loss=loss, distributed_accuracy=metrics.get("accuracy"))
+        loss, metrics = (
+            self.inner.aggregate_evaluate(server_round, results, failures)
+            if results
+            else (None, {})
+        )
+        self.recorder.update(
+            evaluate_clients=len(results),
+            evaluate_failures=len(failures),
+            distributed_loss=loss,
+            distributed_accuracy=metrics.get("accuracy"),
+        )
         self._close_round()
         return loss, metrics
 

@@ -1,0 +1,214 @@
+"""Every fedexp command the documentation shows works as written (README.md, docs/*.md).
+
+A command is a line of a ```bash block that calls `fedexp`, `python -m fedexp` or
+`fedexp-compare`. Each runs through the real entry point (`fedexp.main.main` in this
+process, in a fresh directory) in the cheapest form that still checks it:
+- on the offline digits data: as a dry run (the settings, loading and partitioning the
+  data, the model and both halves of the method); a sweep of up to MAX_JOBS jobs as a
+  sweep of dry runs, a longer one by fedexp's check of the whole sweep (every value of
+  every option and key, before Hydra starts) and a dry run of its first job (the options
+  themselves each pass a dry run in test_every_option.py);
+- on data that needs the network or files (`dataset=`, `experiment=`): `--cfg job`, which
+  runs the command-line and setting checks;
+- `--help`, `--cfg ...` and the like: as written.
+A command that needs what a test cannot give (runs to compare or resume, a cluster, the
+network, files of your own) says so in a `# needs: ...` comment and is not run.
+
+Transcripts, `$ fedexp ...` lines in plain blocks followed by what the command prints, run
+too, and must print the line shown below them.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+# A command, after any environment assignments (PYTHONPATH=. fedexp ...).
+FEDEXP = re.compile(r"^(?:[A-Z_]+=\S* )*(fedexp|fedexp-compare|python -m fedexp)(\s|$)")
+
+
+def _blocks(text: str):
+    """(language, lines) of each fenced block."""
+    for m in re.finditer(r"^```(\w*)\n(.*?)^```", text, re.S | re.M):
+        yield m.group(1), m.group(2).splitlines()
+
+
+def _commands(lines: list[str]) -> list[tuple[str, str]]:
+    """(command, its comment) of a bash block: continuation lines joined, `&&` chains split,
+    the block's `VAR=value` assignments substituted. A `# needs: ...` line on its own is
+    the comment of every command of the block."""
+    joined, variables, out, block_note = [], {}, [], ""
+    for line in lines:
+        if joined and joined[-1].endswith("\\"):
+            joined[-1] = joined[-1][:-1] + " " + line.strip()
+        else:
+            joined.append(line.strip())
+    for line in joined:
+        if line.startswith("# needs:"):
+            block_note = line[2:]
+            continue
+        code, _, comment = line.partition(" #")
+        for part in code.split("&&"):
+            part = part.strip()
+            assignment = re.fullmatch(r"([A-Z_]+)=(\S+)", part)
+            if assignment:
+                variables[assignment.group(1)] = assignment.group(2)
+                continue
+            for name, value in variables.items():
+                part = part.replace(f"${name}", value)
+            if FEDEXP.match(part):
+                out.append((part, block_note or comment.strip()))
+    return out
+
+
+def _documented():
+    """The commands (each once, where it first appears) and the transcripts of the docs."""
+    commands, transcripts, seen = [], [], set()
+    for page in PAGES:
+        text = page.read_text()
+        for language, lines in _blocks(text):
+            where = page.relative_to(ROOT).as_posix()
+            if language == "bash":
+                for command, note in _commands(lines):
+                    if command not in seen:
+                        seen.add(command)
+                        commands.append((where, command, note))
+            elif not language:
+                for i, line in enumerate(lines[:-1]):
+                    if line.startswith("$ fedexp "):
+                        transcripts.append((where, line[2:], lines[i + 1]))
+    return commands, transcripts
+
+
+COMMANDS, TRANSCRIPTS = _documented()
+
+
+def test_the_docs_show_commands_and_transcripts():
+    pages = {where for where, _, _ in COMMANDS}
+    assert {"README.md", "docs/configuration.md", "docs/algorithms.md"} <= pages, pages
+    assert len(COMMANDS) >= 40 and len(TRANSCRIPTS) >= 5
+
+
+MAX_JOBS = 4
+
+
+def _sweep(args: list[str]) -> tuple[int, list[str]]:
+    """How many jobs `-m args` runs, and the arguments of its first job."""
+    jobs, first = 1, []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        values = value.split(",") if sep and "[" not in value else [value]
+        jobs *= len(values)
+        first.append(f"{key}={values[0]}" if sep else arg)
+    return jobs, [a for a in first if a != "-m"]
+
+
+def _cheapest(args: list[str]) -> list[str] | None:
+    """`args` in the cheapest form that still checks them, or None to run them as written.
+    A sweep over seeds keeps its first seed: a seed cannot make a setting invalid."""
+    if any(a.startswith("--") for a in args):
+        return None
+    args = [re.sub(r"^seed=([^,]+),.*", r"seed=\1", a) for a in args]
+    if any(re.match(r"\+?(dataset|experiment)=", a) for a in args):
+        return ["--cfg", "job", *[a for a in args if a != "-m"]] if "-m" not in args else None
+    return [*args, "dry_run=true"]
+
+
+@pytest.fixture
+def in_fresh_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _write_python_files(page: str, folder: Path) -> None:
+    """The page's ```python blocks that name their file in their first line (`# x.py`)."""
+    for language, lines in _blocks((ROOT / page).read_text()):
+        name = re.fullmatch(r"# ([\w/]+\.py)", lines[0]) if language == "python" else None
+        if name:
+            path = folder / name.group(1)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("\n".join(lines[1:]) + "\n")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "where,command,note", COMMANDS, ids=[f"{w}: {c[:60]}" for w, c, _ in COMMANDS]
+)
+def test_documented_command_works(fedexp, in_fresh_dir, monkeypatch, where, command, note):
+    if note.startswith("needs:"):
+        return  # says what it needs; not runnable here
+    words = shlex.split(command)
+    while re.fullmatch(r"[A-Z_]+=\S*", words[0]):  # PYTHONPATH=. : the page's own modules
+        _write_python_files(where, in_fresh_dir)
+        monkeypatch.syspath_prepend(str(in_fresh_dir))
+        words = words[1:]
+    assert words[0] != "fedexp-compare", f"{where}: {command} needs a `# needs:` note (runs)"
+    args = words[3:] if words[:3] == ["python", "-m", "fedexp"] else words[1:]
+    cheapest = _cheapest(args)
+    if cheapest is None and "-m" in args:
+        pytest.fail(f"{where}: a sweep over data it cannot load offline needs a `# needs:` note")
+    if cheapest and "-m" in cheapest and _sweep(cheapest)[0] > MAX_JOBS:
+        from fedexp.command_line import prepare
+        from fedexp.main import config_dir
+
+        problem = prepare(cheapest, config_dir()).problem
+        assert problem is None, f"{where}: {command}: {problem}"
+        cheapest = _sweep(cheapest)[1]
+    proc = fedexp(*(cheapest or args))
+    assert proc.returncode in (0, None), f"{where}: {command}\n{proc.stderr[-2000:]}"
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    if cheapest and "dry_run=true" in cheapest:
+        assert "dry run:" in proc.stdout + proc.stderr, proc.stdout[-2000:]
+
+
+@pytest.mark.parametrize(
+    "where,command,shown", TRANSCRIPTS, ids=[f"{w}: {c[:60]}" for w, c, _ in TRANSCRIPTS]
+)
+def test_documented_transcript_prints_what_it_shows(fedexp, in_fresh_dir, where, command, shown):
+    proc = fedexp(*shlex.split(command)[1:])
+    printed = (proc.stdout + proc.stderr).splitlines()
+    assert shown in printed, f"{where}: `{command}` printed:\n" + "\n".join(printed[-5:])
+
+
+def _keys(node: dict, prefix: str = "") -> list[str]:
+    """The dotted keys of a YAML option, without `defaults` and the `_target_`/`_partial_`
+    lines (each option's `_target_` is named in the reference by its option)."""
+    out = []
+    for key, value in node.items():
+        if key in ("defaults", "_target_", "_partial_"):
+            continue
+        if isinstance(value, dict) and value:
+            out += _keys(value, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}")
+    return out
+
+
+def test_the_reference_names_every_key_of_every_option():
+    """docs/configuration.md (with partitioning.md for that group) is the reference of every
+    group, option and key: a key added to conf/ must be documented there."""
+    import yaml
+
+    conf = ROOT / "conf"
+    reference = (ROOT / "docs" / "configuration.md").read_text()
+    reference += (ROOT / "docs" / "partitioning.md").read_text()
+    missing = []
+    for path in sorted(conf.rglob("*.yaml")):
+        group = path.parent.relative_to(conf).as_posix()
+        if group.startswith("hydra"):
+            continue
+        if group != "." and f"`{path.stem}`" not in reference:
+            missing.append(f"{group}={path.stem}")
+        node = yaml.safe_load(path.read_text()) or {}
+        for key in _keys(node):
+            if key.startswith(("hydra.", "callbacks.", "loader.", "partitioner.")):
+                continue
+            parts = key.split(".")  # named by its full path or by a tail of it
+            if not any(f"`{'.'.join(parts[i:])}`" in reference for i in range(len(parts))):
+                missing.append(f"{path.relative_to(conf)}: {key}")
+    assert not missing, missing
