@@ -342,6 +342,12 @@ def _check(argv: list[str], conf: Path) -> CommandLine:
     args, _ = get_args_parser().parse_known_args(argv)
     if _any_flag(args, "config_path", "config_dir", "config_name", *_NO_RUN):
         return CommandLine(None, argv)
+    if args.multirun and args.cfg:
+        return CommandLine(
+            f"-m and --cfg {args.cfg} cannot go together: --cfg prints the config of one run; "
+            f"drop -m and give each key one value",
+            argv,
+        )
     try:
         overrides = OverridesParser.create().parse_overrides(args.overrides)
     except Exception:  # Hydra reports syntax errors itself, with the position

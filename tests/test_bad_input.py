@@ -453,6 +453,12 @@ CASES = [
         "data",
     ),
     (
+        "a sweep cannot print one config",
+        ["-m", "seed=0,1", "--cfg", "job"],
+        "-m and --cfg job cannot go together: --cfg prints the config of one run",
+        "config",
+    ),
+    (
         "no logger is an empty list, not null",
         ["logger=null"],
         "logger=null is not allowed: logger=[] chooses none of its options (csv, mlflow, "

@@ -3,13 +3,14 @@
 A command is a line of a ```bash block that calls `fedexp`, `python -m fedexp` or
 `fedexp-compare`. Each runs through the real entry point (`fedexp.main.main` in this
 process, in a fresh directory) in the cheapest form that still checks it:
-- on the offline digits data: as a dry run (the settings, loading and partitioning the
-  data, the model and both halves of the method); a sweep of up to MAX_JOBS jobs as a
-  sweep of dry runs, a longer one by fedexp's check of the whole sweep (every value of
-  every option and key, before Hydra starts) and a dry run of its first job (the options
-  themselves each pass a dry run in test_every_option.py);
-- on data that needs the network or files (`dataset=`, `experiment=`): `--cfg job`, which
-  runs the command-line and setting checks;
+- `--cfg job`, which runs fedexp's command-line and setting checks (every key, option and
+  value; the method built as the run builds it) and prints the config;
+- a command that sets what decides whether the data can be split (`partitioning`,
+  `num_clients`) on the offline digits data: also a dry run, which loads and partitions
+  the data and builds the model and both halves of the method;
+- a sweep: fedexp's check of the whole sweep (every value of every option and key, before
+  Hydra starts), then its first job as above (each option on its own passes a dry run
+  in test_every_option.py); a sweep over the split's settings dry-runs every split;
 - `--help`, `--cfg ...` and the like: as written.
 A command that needs what a test cannot give (runs to compare or resume, a cluster, the
 network, files of your own) says so in a `# needs: ...` comment and is not run.
@@ -94,29 +95,32 @@ def test_the_docs_show_commands_and_transcripts():
     assert len(COMMANDS) >= 40 and len(TRANSCRIPTS) >= 5
 
 
-MAX_JOBS = 4
+DATA_DEPENDENT = re.compile(r"^\+?(partitioning|num_clients)[.=]")
 
 
-def _sweep(args: list[str]) -> tuple[int, list[str]]:
-    """How many jobs `-m args` runs, and the arguments of its first job."""
-    jobs, first = 1, []
+def _first_job(args: list[str]) -> list[str]:
+    """The arguments of a sweep's first job."""
+    first = []
     for arg in args:
         key, sep, value = arg.partition("=")
-        values = value.split(",") if sep and "[" not in value else [value]
-        jobs *= len(values)
-        first.append(f"{key}={values[0]}" if sep else arg)
-    return jobs, [a for a in first if a != "-m"]
+        if arg != "-m":
+            first.append(f"{key}={value.split(',')[0]}" if sep and "[" not in value else arg)
+    return first
 
 
-def _cheapest(args: list[str]) -> list[str] | None:
-    """`args` in the cheapest form that still checks them, or None to run them as written.
-    A sweep over seeds keeps its first seed: a seed cannot make a setting invalid."""
+def _cheapest(args: list[str]) -> list[str]:
+    """`args` in the cheapest form that still checks them (see the module's docstring)."""
     if any(a.startswith("--") for a in args):
-        return None
-    args = [re.sub(r"^seed=([^,]+),.*", r"seed=\1", a) for a in args]
-    if any(re.match(r"\+?(dataset|experiment)=", a) for a in args):
-        return ["--cfg", "job", *[a for a in args if a != "-m"]] if "-m" not in args else None
-    return [*args, "dry_run=true"]
+        return args
+    on_digits = not any(re.match(r"\+?(dataset|experiment)=", a) for a in args)
+    splits = [a for a in args if DATA_DEPENDENT.match(a)]
+    if "-m" in args and not (on_digits and any("," in a for a in splits)):
+        args = _first_job(args)  # the sweep does not vary the split: its first job will do
+    if on_digits and splits:
+        # a sweep over the split keeps every split, and the first value of other keys
+        keep = [a if a == "-m" or DATA_DEPENDENT.match(a) else _first_job([a])[0] for a in args]
+        return [*keep, "dry_run=true"]
+    return ["--cfg", "job", *args]
 
 
 @pytest.fixture
@@ -149,20 +153,17 @@ def test_documented_command_works(fedexp, in_fresh_dir, monkeypatch, where, comm
         words = words[1:]
     assert words[0] != "fedexp-compare", f"{where}: {command} needs a `# needs:` note (runs)"
     args = words[3:] if words[:3] == ["python", "-m", "fedexp"] else words[1:]
-    cheapest = _cheapest(args)
-    if cheapest is None and "-m" in args:
-        pytest.fail(f"{where}: a sweep over data it cannot load offline needs a `# needs:` note")
-    if cheapest and "-m" in cheapest and _sweep(cheapest)[0] > MAX_JOBS:
+    if "-m" in args:
         from fedexp.command_line import prepare
         from fedexp.main import config_dir
 
-        problem = prepare(cheapest, config_dir()).problem
+        problem = prepare(args, config_dir()).problem
         assert problem is None, f"{where}: {command}: {problem}"
-        cheapest = _sweep(cheapest)[1]
-    proc = fedexp(*(cheapest or args))
+    cheapest = _cheapest(args)
+    proc = fedexp(*cheapest)
     assert proc.returncode in (0, None), f"{where}: {command}\n{proc.stderr[-2000:]}"
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    if cheapest and "dry_run=true" in cheapest:
+    if "dry_run=true" in cheapest and "--cfg" not in cheapest:
         assert "dry run:" in proc.stdout + proc.stderr, proc.stdout[-2000:]
 
 
