@@ -24,6 +24,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -306,16 +307,20 @@ class FedAvgBased(FedAvg):
     """
 
     reads_extras = True  # fedexp hands this strategy the clients' extras too
-    shown: tuple[str, ...] = ()  # the method's own settings, named by repr (the run's log)
+    # The method's own constructor keys (conf/strategy/NAME.yaml) with their defaults: each
+    # becomes an attribute, and repr names them (the run's log).
+    settings: ClassVar[dict[str, float]] = {}
 
     def __init__(self, *, model_layout: ModelLayout | None = None, **kwargs):
+        own = {key: kwargs.pop(key, default) for key, default in self.settings.items()}
         super().__init__(**kwargs)
+        vars(self).update(own)
         self.layout = model_layout
         self.global_weights: list[np.ndarray] | None = None
         self.num_clients = 0
 
     def __repr__(self) -> str:
-        settings = ", ".join(f"{k}={getattr(self, k)}" for k in self.shown)
+        settings = ", ".join(f"{k}={getattr(self, k)}" for k in self.settings)
         return f"{type(self).__name__}({settings})"
 
     def configure_fit(self, server_round, parameters, client_manager):

@@ -22,6 +22,8 @@ trained parameters; BatchNorm's statistics are averaged as in FedAvg.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import torch
 
@@ -63,12 +65,8 @@ class FedDynClient(ClientMethod):
 class FedDyn(FedAvgBased):
     """FedDyn's server: FedAvg's sampling, the dynamically corrected average (see the module)."""
 
-    shown = ("alpha",)
-
-    def __init__(self, *, alpha: float = 0.01, **kwargs):
-        super().__init__(**kwargs)
-        self.alpha = alpha
-        self.h: list[np.ndarray] | None = None
+    settings: ClassVar[dict[str, float]] = {"alpha": 0.01}
+    h: list[np.ndarray] | None = None  # the server's state h, from the first aggregation on
 
     def settings_for_clients(self) -> dict:
         return {"alpha": float(self.alpha)}

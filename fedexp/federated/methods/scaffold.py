@@ -28,6 +28,8 @@ FedAvg.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import torch
 
@@ -73,12 +75,8 @@ class ScaffoldClient(ClientMethod):
 class Scaffold(FedAvgBased):
     """SCAFFOLD's server: FedAvg's sampling, the controlled update of x and c (see the module)."""
 
-    shown = ("server_learning_rate",)
-
-    def __init__(self, *, server_learning_rate: float = 1.0, **kwargs):
-        super().__init__(**kwargs)
-        self.server_learning_rate = server_learning_rate
-        self.c: list[np.ndarray] | None = None
+    settings: ClassVar[dict[str, float]] = {"server_learning_rate": 1.0}
+    c: list[np.ndarray] | None = None  # the server's control variate, from round 1 on
 
     def extras_for_clients(self) -> list[np.ndarray]:
         if self.c is None:
