@@ -19,19 +19,6 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
-def test_every_group_has_options():
-    for group in (
-        "dataset",
-        "partitioning",
-        "model",
-        "optimizer",
-        "strategy",
-        "device",
-        "experiment",
-    ):
-        assert options(group), group
-
-
 @pytest.mark.parametrize("name", options("model"))
 @pytest.mark.parametrize("dataset", ["digits", "cifar10", "mnist"])
 def test_models_build_for_every_dataset(make_cfg, name, dataset):

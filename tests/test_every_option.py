@@ -147,21 +147,7 @@ def test_options_are_found_on_disk():
     )
     assert {"cnn", "mlp", "resnet18"} <= set(OPTIONS["model"])
     assert {"adam", "sgd"} <= set(OPTIONS["optimizer"])
-    assert {
-        "fedavg",
-        "fedprox",
-        "scaffold",
-        "fednova",
-        "feddyn",
-        "fedadam",
-        "fedyogi",
-        "fedadagrad",
-        "fedavgm",
-        "fedmedian",
-        "fedtrimmedavg",
-        "krum",
-        "qfedavg",
-    } <= set(OPTIONS["strategy"])
+    assert len(OPTIONS["strategy"]) >= 16  # the names: test_strategies.py
     assert {"cpu", "cuda", "auto"} <= set(OPTIONS["device"])
     assert {"tutorial", "niid_bench"} <= set(OPTIONS["experiment"])
     assert {"optuna_lr"} <= set(OPTIONS["hparams_search"])

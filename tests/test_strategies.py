@@ -30,10 +30,17 @@ SAMPLING = {
 }
 
 
-def test_the_issue_asks_for_these_strategies():
+def test_the_issues_ask_for_these_strategies():
+    """Flower's strategies, the methods with a client half, and the personalised ones."""
     assert set(STRATEGIES) >= {
         "fedavg",
         "fedprox",
+        "scaffold",
+        "fednova",
+        "feddyn",
+        "fedbn",
+        "fedper",
+        "ditto",
         "fedadam",
         "fedyogi",
         "fedadagrad",
