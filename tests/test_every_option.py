@@ -125,7 +125,8 @@ def fedexp_cli(monkeypatch, capsys, tmp_path):
             status = 0
         except SystemExit as e:
             status = 0 if e.code is None else e.code
-        _, err = capsys.readouterr()
+        out, err = capsys.readouterr()
+        run.stdout = out
         lines = [r.getMessage() for r in records if r.getMessage().startswith("dry run:")]
         return status, err, lines, run_dir
 
@@ -164,15 +165,21 @@ def _default_options() -> set[tuple[str, str]]:
     }
 
 
-# The fast tier (-m "not slow") dry-runs each group's default option; the whole suite, all.
+# The fast tier (-m "not slow") dry-runs each group's default option; the whole suite
+# dry-runs every option of the groups that decide the data and its split, and takes every
+# other option through fedexp's checks (`--cfg job`), which build it as the run does: the
+# model, and both halves of the method, the strategy with the initial model.
 DEFAULTS = _default_options()
+DATA_GROUPS = ("dataset", "partitioning")
+DRY_RUN_CASES = [(g, o) for g, o in CASES if (g, o) in DEFAULTS or g in DATA_GROUPS]
+CHECKED_CASES = [(g, o) for g, o in CASES if (g, o) not in DRY_RUN_CASES]
 
 
 @pytest.mark.parametrize(
     "group,option",
     [
         pytest.param(g, o, id=f"{g}={o}", marks=() if (g, o) in DEFAULTS else pytest.mark.slow)
-        for g, o in CASES
+        for g, o in DRY_RUN_CASES
     ],
 )
 def test_option_passes_a_dry_run_from_the_command_line(fedexp_cli, fake_files, group, option):
@@ -200,6 +207,22 @@ def test_option_passes_a_dry_run_from_the_command_line(fedexp_cli, fake_files, g
         cfg.num_clients,
         train_examples,
     )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("group,option", CHECKED_CASES, ids=[f"{g}={o}" for g, o in CHECKED_CASES])
+def test_option_passes_the_checks_from_the_command_line(fedexp_cli, fake_files, group, option):
+    import yaml
+    from omegaconf import OmegaConf
+
+    args = [f"{group}={option}"]
+    data_args, _ = fake_files[compose_cfg(*args).dataset.name]
+    status, err, _, run_dir = fedexp_cli("--cfg", "job", *args, *data_args)
+    assert status == 0, err
+    assert "fedexp: error" not in err and "Traceback" not in err, err
+    printed = yaml.safe_load(fedexp_cli.stdout)
+    assert printed == OmegaConf.to_container(compose_cfg(*args, *data_args))
+    assert not run_dir.exists()  # --cfg runs nothing
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
