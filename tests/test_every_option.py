@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision.datasets.cifar
-from conftest import compose_cfg, run_cli
+from conftest import compose_cfg
 from test_data import write_cifar10, write_idx, write_image_folder
 
 from fedexp.main import config_dir, main
@@ -244,14 +244,3 @@ def test_tutorial_preset_follows_num_clients_from_the_command_line(fedexp_cli, f
     assert status == 0, err
     assert len(lines) == 1 and f"{train_examples} training examples in 5 partitions" in lines[0]
     assert json.loads((run_dir / "partitions.json").read_text())["num_clients"] == 5
-
-
-@pytest.mark.slow  # a fresh interpreter imports torch, Flower and Hydra: about 5 s here
-def test_installed_command_dry_runs_an_adaptive_strategy(tmp_path):
-    run_dir = tmp_path / "run"
-    proc = run_cli(
-        "strategy=fedadam", "dry_run=true", f"hydra.run.dir={run_dir}", cwd=tmp_path, timeout=120
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert "strategy FedAdam with client ClientMethod; stopped before training" in proc.stdout
-    assert (run_dir / "partitions.json").is_file() and not (run_dir / "results.json").exists()

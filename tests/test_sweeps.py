@@ -265,7 +265,7 @@ def test_the_slurm_option_composes(fedexp):
 
 
 def test_optuna_reports_the_best_trial(tmp_path):
-    """Four trials over optimizer.lr; each returns its final test accuracy (`objective`).
+    """Three trials over optimizer.lr; each returns its final test accuracy (`objective`).
     Centralized runs, so that the test starts no Ray: federated trials share one Ray as any
     sweep in this process does (test_the_jobs_share_one_ray_and_nothing_else)."""
     sweep_dir = tmp_path / "sweep"
@@ -273,7 +273,7 @@ def test_optuna_reports_the_best_trial(tmp_path):
         "fedexp",
         "-m",
         "hparams_search=optuna_lr",
-        "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.n_trials=3",
         "mode=centralized",
         "centralized.epochs=1",
         f"hydra.sweep.dir={sweep_dir}",
@@ -289,7 +289,7 @@ def test_optuna_reports_the_best_trial(tmp_path):
                 next(o for o in overrides if o.startswith("optimizer.lr=")).partition("=")[2]
             )
             trials[lr] = read_results(job)["final"]["test_accuracy"]
-    assert len(trials) == 4 and all(1e-4 <= lr <= 1e-1 for lr in trials)
+    assert len(trials) == 3 and all(1e-4 <= lr <= 1e-1 for lr in trials)
     assert best["best_value"] == max(trials.values())
     assert trials[best["best_params"]["optimizer.lr"]] == best["best_value"]
 
