@@ -30,6 +30,11 @@ class Partitions:
         return np.concatenate(self.train), np.concatenate(self.val)
 
 
+def validation_size(examples: int, val_fraction: float) -> int:
+    """How many of a client's examples it keeps for validation (the tutorial's `len // 10`)."""
+    return int(examples * val_fraction)
+
+
 def partition(
     labels: np.ndarray, partitioner, val_fraction: float, seed: int, shuffle: bool = True
 ) -> Partitions:
@@ -63,7 +68,7 @@ def partition(
         # Arrow -> numpy directly: iterating the Column object costs ~0.3 s per client.
         idx = shard.with_format("arrow")["index"].to_numpy()
         idx = idx[rng.permutation(len(idx))]
-        n_val = int(len(idx) * val_fraction)
+        n_val = validation_size(len(idx), val_fraction)
         train.append(np.sort(idx[: len(idx) - n_val]))
         val.append(np.sort(idx[len(idx) - n_val :]))
     return Partitions(train, val)

@@ -13,6 +13,7 @@ import numpy as np
 from omegaconf import DictConfig, ListConfig
 
 from ..errors import ConfigError, is_int, is_number, need
+from .partition import validation_size
 
 KEY = "partitioning.partitioner"
 
@@ -202,7 +203,7 @@ class SizeSkew(Rules):
     def _smallest_split(self, cfg: DictConfig, clients: int, n_train: int) -> tuple[int, int]:
         """The smallest client's training and validation examples, as data.partition splits."""
         share = self._smallest_share(cfg, clients, n_train)
-        n_val = int(share * cfg.partitioning.val_fraction)
+        n_val = validation_size(share, cfg.partitioning.val_fraction)
         return share - n_val, n_val
 
     def _works(self, cfg: DictConfig, clients: int, n_train: int) -> bool:
