@@ -1,7 +1,7 @@
 """Per-round checkpoints: what `fedexp resume=DIR` continues a run from (see resume.py).
 
-After each completed round the run writes `checkpoints/<round>.ckpt` next to
-results.json, after results.json lists the round: the global model, the strategy's own
+After each completed round the run writes `checkpoints/NNNNNN.ckpt` (the round in six
+digits) next to results.json, after results.json lists the round: the global model, the strategy's own
 state (federated/server/state.py), the sampling stream's state, the initial model's test
 numbers, and the config the run had. What else a resumed round needs is either in
 results.json (the records of rounds 1..R, which a resumed run truncates to R), in the

@@ -16,53 +16,19 @@ from pathlib import Path
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .data.partitioners import evaluating, partitioner_name, rules
-from .errors import ConfigError, is_int, is_number, need
+from .errors import ConfigError, build, importable, is_int, is_number, need
 from .progress import count
 
 log = logging.getLogger("fedexp")
 
 # What a run returns to Hydra (`objective`), for sweepers that optimise it (e.g. Optuna):
-# the last round's (epoch's) test accuracy, the best of any round, the last test loss.
-OBJECTIVES = ("final_test_accuracy", "best_test_accuracy", "final_test_loss")
-
-
-def first_line(error: BaseException) -> str:
-    """The innermost cause's first line: Hydra wraps errors in paragraphs of its own."""
-    while error.__cause__ is not None:
-        error = error.__cause__
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
-
-
-def importable(setting: str, target) -> object:
-    """The object `_target_` names, or one ConfigError line saying why it cannot be imported."""
-    import logging as _logging
-
-    from hydra.utils import get_object
-
-    hydra_log = _logging.getLogger("hydra.utils")  # it logs the traceback we turn into one line
-    level, hydra_log.level = hydra_log.level, _logging.CRITICAL
-    try:
-        return get_object(target)
-    except Exception as e:
-        raise ConfigError(
-            f"{setting}._target_={target} cannot be imported ({first_line(e)})"
-        ) from None
-    finally:
-        hydra_log.setLevel(level)
-
-
-def build(setting: str, node, context: str = "", **kwargs):
-    """`instantiate(node)`, any failure turned into one ConfigError line naming `setting`."""
-    from hydra.utils import instantiate
-
-    importable(setting, node.get("_target_"))
-    try:
-        return instantiate(node, **kwargs)
-    except Exception as e:
-        raise ConfigError(
-            f"{setting} ({node.get('_target_')}) cannot be built{context}: {first_line(e)}"
-        ) from None
+# the last round's (epoch's) test accuracy, the best of any round, the last test loss; and
+# the direction a sweeper must optimise it in (command_line.py sets Optuna's).
+OBJECTIVES = {
+    "final_test_accuracy": "maximize",
+    "best_test_accuracy": "maximize",
+    "final_test_loss": "minimize",
+}
 
 
 def _need_int(cfg: DictConfig, key: str, minimum: int, meaning: str = "", default=0) -> None:
@@ -70,8 +36,10 @@ def _need_int(cfg: DictConfig, key: str, minimum: int, meaning: str = "", defaul
     need(is_int(value) and value >= minimum, key, value, f"an integer >= {minimum}{meaning}")
 
 
-def check(cfg: DictConfig) -> None:
-    """Raise ConfigError for the first bad setting; warn about settings that do nothing."""
+def check(cfg: DictConfig):
+    """Raise ConfigError for the first bad setting; warn about settings that do nothing.
+    Returns the model, built once to check it (the method's own check needs it: see
+    main.check_settings)."""
     need(cfg.mode in ("federated", "centralized"), "mode", cfg.mode, "federated or centralized")
     n = cfg.num_clients
     need(is_int(n) and n >= 1, "num_clients", n, "an integer >= 1")
@@ -107,10 +75,9 @@ def check(cfg: DictConfig) -> None:
     rules(cfg).check_settings(cfg)
     if cfg.mode == "federated":
         _check_strategy(cfg)
-    model = _check_model(cfg)  # these import torch and flwr: after the checks that need neither
+    model = _check_model(cfg)  # these import torch: after the checks that need none
     _check_loss(cfg)
-    if cfg.mode == "federated":
-        _build_method(cfg, model)
+    return model
 
 
 BACKENDS = ("auto", "ray", "inline")  # simulation.backend (see federated/simulation.py's uses_ray)
@@ -216,7 +183,12 @@ def _check_augment(cfg: DictConfig) -> None:
 
 def _check_evaluation(cfg: DictConfig) -> None:
     objective = cfg.get("objective", "final_test_accuracy")
-    need(objective in OBJECTIVES, "objective", objective, "one of " + ", ".join(OBJECTIVES))
+    need(
+        isinstance(objective, str) and objective in OBJECTIVES,
+        "objective",
+        objective,
+        "one of " + ", ".join(OBJECTIVES),
+    )
     _need_int(
         cfg, "evaluation.all_clients_every", 0, " (0 = off, K = every K rounds and after the last)"
     )
@@ -497,15 +469,3 @@ def _check_strategy(cfg: DictConfig) -> None:
                 fault_rate,
                 sampled,
             )
-
-
-def _build_method(cfg: DictConfig, model) -> None:
-    """Build both halves of the method once, the strategy with the same hooks the run gives
-    it (FedAdam needs the initial model), so that a setting they reject fails here."""
-    from .federated import strategies
-
-    strategies.build(cfg, model, warn=False)
-    strategies.check_client_half(cfg, model)
-    note = strategies.local_solver_note(cfg)
-    if note:
-        log.warning(note)

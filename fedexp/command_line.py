@@ -4,8 +4,9 @@ Hydra itself reports an unknown group option or setting, but over several lines,
 its config search path and exit status 1; and it creates the run directory and writes
 `.hydra/` into it before fedexp's own code runs, so a typo would leave an empty run
 directory behind, and a run pointed at a finished run's directory would overwrite that
-run's config snapshot before fedexp could refuse. `check_command_line` catches these,
-and every bad setting `fedexp.checks.check` finds, first, in one line.
+run's config snapshot before fedexp could refuse. `prepare` catches these, and every bad
+setting of every job of a sweep, first, in one line. It also points a sweeper that
+optimises the run's `objective` (Optuna) in the objective's direction.
 
 `fresh_dir` names the default run directory (`outputs/<date>/<time>`, see
 conf/config.yaml): two runs started in the same second get `<time>` and `<time>-2`
@@ -14,8 +15,10 @@ instead of sharing one directory.
 
 from __future__ import annotations
 
+import copy
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -221,10 +224,6 @@ class CommandLine:
 UNUSED_ENV = "FEDEXP_UNUSED_SETTINGS"  # how the sweep's jobs learn `CommandLine.unused`
 
 
-def check_command_line(argv: list[str], conf_dir: str) -> str | None:
-    return prepare(argv, conf_dir).problem
-
-
 def _signature(choices: dict[str, str]) -> str:
     return ",".join(f"{g}={v}" for g, v in sorted(choices.items()))
 
@@ -277,16 +276,17 @@ def _keys_by_option(
     return missing
 
 
-def prepare(argv: list[str], conf_dir: str) -> CommandLine:
-    """Check the command line (see `_check`); in a sweep over group options whose keys
-    differ (`partitioning=iid,dirichlet partitioning.alpha=0.1`), a key that some of the
-    options have is forced in (`++key`) for all, and each job drops it again when its
-    options lack it (main.job, which records it as unused)."""
+def prepare(argv: list[str], conf_dir: str, check_settings: Callable) -> CommandLine:
+    """Check the command line (see `_check`), and with `check_settings` (main's, which
+    raises ConfigError) the settings of the run or of every job of a sweep; in a sweep over
+    group options whose keys differ (`partitioning=iid,dirichlet partitioning.alpha=0.1`),
+    a key that some of the options have is forced in (`++key`) for all, and each job drops
+    it again when its options lack it (main.job, which records it as unused)."""
     from hydra import initialize_config_dir
 
     conf = Path(conf_dir)
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        line = _check(argv, conf)
+        line = _check(argv, conf, check_settings)
     from .resume import RESUME_ENV
 
     if line.problem is None and not os.environ.get(RESUME_ENV):  # a resume takes its claim over
@@ -323,15 +323,16 @@ def _claim_run_dir(argv: list[str]) -> str | None:
     return None
 
 
-def _check(argv: list[str], conf: Path) -> CommandLine:
+def _check(argv: list[str], conf: Path, check_settings: Callable) -> CommandLine:
     """One line describing what is wrong with `argv`, or None when Hydra may go ahead.
 
     Checks every value of every group option (sweeps included) against the YAML files of
     that group, refuses an explicit run or sweep directory that holds results, and
-    composes the config once (each sweep at its first value) to catch unknown settings;
-    without sweeps, that config then goes through `check` (its warnings are left to the
-    run). Anything it cannot judge (syntax errors, custom config paths, help) is left to
-    Hydra.
+    composes the config once (each sweep at its first value) to catch unknown settings.
+    That config then goes through `check_settings` (its warnings are left to the run); in a
+    multirun, so does every job's (`_jobs_problem`), and a sweeper that optimises the
+    objective is pointed in its direction (`_direction`). Anything it cannot judge (syntax
+    errors, custom config paths, help) is left to Hydra.
     """
     from hydra import compose
     from hydra._internal.utils import get_args_parser
@@ -419,9 +420,112 @@ def _check(argv: list[str], conf: Path) -> CommandLine:
         return CommandLine(None, argv, unused)
     except (HydraException, OmegaConfBaseException) as e:
         return CommandLine(_composition_problem(e, conf, choices), argv, unused)
-    if not any(o.is_sweep_override() for o in overrides) and not cfg.get("verbose"):
-        return CommandLine(_settings_problem(cfg), argv)  # with verbose, the run raises it itself
-    return CommandLine(None, argv, unused)
+    if not args.multirun:
+        if cfg.get("verbose") or any(o.is_sweep_override() for o in overrides):
+            return CommandLine(None, argv, unused)  # the run raises it with its traceback;
+        return CommandLine(_settings_problem(cfg, check_settings), argv)  # Hydra asks for -m
+    problem, direction = _direction(overrides, to_compose, cfg.get("objective"))
+    problem = problem or _jobs_problem(conf, overrides, group_values, unused, check_settings)
+    return CommandLine(problem, argv + direction, unused)
+
+
+OPTUNA = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+
+
+def _direction(overrides, to_compose: list[str], objective) -> tuple[str | None, list[str]]:
+    """A sweeper that optimises the run's `objective` (one with a `direction`: Optuna's,
+    whose own default is to minimise) must maximise an accuracy and minimise a loss
+    (checks.OBJECTIVES). Returns (the problem with a direction the command line gives, the
+    override that sets the right one where the command line gives none)."""
+    from hydra import compose
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from .checks import OBJECTIVES
+
+    want = OBJECTIVES.get(objective) if isinstance(objective, str) else None
+    if want is None:
+        return None, []  # a bad objective is the settings check's to report
+    hydra_lines = [o.input_line for o in overrides if o.is_hydra_override()]
+    try:
+        full = compose(
+            config_name="config", overrides=hydra_lines + to_compose, return_hydra_config=True
+        )
+    except (HydraException, OmegaConfBaseException):
+        return None, []  # Hydra reports it
+    if "direction" not in full.hydra.sweeper:
+        return None, []
+    key = "hydra.sweeper.direction"
+    given = [o for o in overrides if o.key_or_group.lstrip("+") == key]
+    if not given:
+        return None, [f"{key}={want}"]
+    value = given[-1].value()
+    if str(value).lower() == want:
+        return None, []
+    return (
+        f"{key}={value} is not allowed with objective={objective}: fedexp {want}s it; "
+        f"leave {key} out (fedexp sets {want}), or choose another objective "
+        f"({', '.join(f'{name}: {way}' for name, way in OBJECTIVES.items())})",
+        [],
+    )
+
+
+def _jobs_problem(
+    conf: Path,
+    overrides,
+    group_values: dict,
+    unused: dict[str, list[str]],
+    check_settings: Callable,
+) -> str | None:
+    """The first job of a multirun whose settings `check_settings` refuses, in one line
+    that names the job and its swept values: every job is checked before the first starts.
+    The jobs are the basic sweeper's (every combination of the swept values); a sweep whose
+    values a sweeper draws itself (Optuna's `interval`) has only its first trial checked,
+    by that trial. Jobs that share group options are composed once and get their other
+    values set on a copy."""
+    from hydra import compose
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        jobs = BasicSweeper.split_arguments(
+            [o for o in overrides if not o.is_hydra_override()], None
+        )[0]
+    except HydraException:
+        return None
+    swept = {o.get_key_element() for o in overrides if o.is_sweep_override()}
+
+    def composed_by_hydra(o) -> bool:  # a group option, or an override that adds or deletes
+        return _options(conf, o.key_or_group) is not None or o.get_key_element() != o.key_or_group
+
+    parser = OverridesParser.create()
+    composed: dict[tuple, object] = {}
+    for number, job in enumerate(jobs):
+        parsed = parser.parse_overrides(job)
+        choices = {o.key_or_group: str(o.value()) for o in parsed if o.key_or_group in group_values}
+        drop = set(unused.get(_signature(choices), ()))
+        parsed = [o for o in parsed if o.key_or_group not in drop]
+        base = tuple(o.input_line for o in parsed if composed_by_hydra(o))
+        try:
+            if base not in composed:
+                composed[base] = compose(config_name="config", overrides=list(base))
+            cfg = copy.deepcopy(composed[base])
+            for o in parsed:
+                if not composed_by_hydra(o):
+                    OmegaConf.update(cfg, o.key_or_group, o.value(), merge=False)
+        except (HydraException, OmegaConfBaseException) as e:
+            problem = _composition_problem(e)
+        else:
+            problem = _settings_problem(cfg, check_settings)
+        if problem:
+            values = ", ".join(o.input_line for o in parsed if o.get_key_element() in swept)
+            return (
+                f"job {number} of the sweep" + (f" ({values})" if values else "") + f": {problem}"
+            )
+    return None
 
 
 def _combinations(group_values: dict[str, list[str]]) -> int:
@@ -431,17 +535,16 @@ def _combinations(group_values: dict[str, list[str]]) -> int:
     return min(n, 256)
 
 
-def _settings_problem(cfg) -> str | None:
+def _settings_problem(cfg, check_settings: Callable) -> str | None:
     import logging
 
-    from .checks import ConfigError, check
-    from .data import DatasetError
+    from .errors import ConfigError, DatasetError
 
     logger = logging.getLogger("fedexp")
     level = logger.level
     logger.setLevel(logging.ERROR)  # the run itself logs the warnings, into main.log too
     try:
-        check(cfg)
+        check_settings(cfg)
     except (ConfigError, DatasetError) as e:
         return str(e)
     except Exception:  # e.g. an interpolation that needs Hydra's runtime: the run checks again

@@ -1,4 +1,5 @@
-"""The errors whose message is the whole story for the user.
+"""The errors whose message is the whole story for the user, and the helpers that turn a
+setting's failure into one.
 
 fedexp prints them as one line, without a traceback (`main.exit_status`, and a sweep's
 `record_failed_job`); everything else is a bug and keeps its traceback.
@@ -6,6 +7,7 @@ fedexp prints them as one line, without a traceback (`main.exit_status`, and a s
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 
@@ -48,3 +50,40 @@ def is_int(v) -> bool:
 
 def is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def first_line(error: BaseException) -> str:
+    """The innermost cause's first line: Hydra wraps errors in paragraphs of its own."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def importable(setting: str, target) -> object:
+    """The object `_target_` names, or one ConfigError line saying why it cannot be imported."""
+    from hydra.utils import get_object
+
+    hydra_log = logging.getLogger("hydra.utils")  # it logs the traceback we turn into one line
+    level, hydra_log.level = hydra_log.level, logging.CRITICAL
+    try:
+        return get_object(target)
+    except Exception as e:
+        raise ConfigError(
+            f"{setting}._target_={target} cannot be imported ({first_line(e)})"
+        ) from None
+    finally:
+        hydra_log.setLevel(level)
+
+
+def build(setting: str, node, context: str = "", **kwargs):
+    """`instantiate(node)`, any failure turned into one ConfigError line naming `setting`."""
+    from hydra.utils import instantiate
+
+    importable(setting, node.get("_target_"))
+    try:
+        return instantiate(node, **kwargs)
+    except Exception as e:
+        raise ConfigError(
+            f"{setting} ({node.get('_target_')}) cannot be built{context}: {first_line(e)}"
+        ) from None

@@ -18,14 +18,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from . import callbacks, progress, resume
-from .checks import check
+from . import callbacks, checks, progress, resume
 from .command_line import UNUSED_ENV, fresh_dir, prepare, signature_of_job
 from .errors import BAD_INPUT, OutputError
 from .interrupts import signals_as_interrupts
-from .modes import ignored_overrides
-from .results import DISK_ERRNOS, RunResults, steps_of
-from .sweep import in_multirun, record_failed_job
+from .modes import ignored_overrides, steps_of
+from .results import DISK_ERRNOS, RunResults
+from .sweep import in_multirun, jobs_in_this_process, record_failed_job
 
 log = logging.getLogger("fedexp")
 OmegaConf.register_new_resolver("fedexp.fresh_dir", fresh_dir, replace=True)
@@ -57,7 +56,7 @@ def run(cfg: DictConfig, run_dir: str, info: dict | None = None) -> dict:
     from . import centralized, federated, partition_report
     from .workload import Workload
 
-    check(cfg)
+    check_settings(cfg)
     if cfg.get("dry_run"):
         return dry_run(cfg, run_dir)
     start = resume.starting_point(cfg, run_dir) if resume.requested_for(run_dir) else resume.Start()
@@ -88,7 +87,7 @@ def run(cfg: DictConfig, run_dir: str, info: dict | None = None) -> dict:
         )
         results.start()
         if cfg.mode == "federated":
-            federated.run(work, results, resume=start.checkpoint)
+            federated.run(work, results, resume=start.checkpoint, keep_ray=jobs_in_this_process())
         else:
             centralized.run(work, results)
     except BaseException as e:
@@ -114,6 +113,17 @@ def run(cfg: DictConfig, run_dir: str, info: dict | None = None) -> dict:
         results.plot()
         results.end()
     return results.data
+
+
+def check_settings(cfg: DictConfig) -> None:
+    """Every setting, before any data is loaded: checks.py's, then, federated, both halves
+    of the method, built as the run builds them (federated/strategies.py). Raises the
+    first problem as a one-line ConfigError."""
+    model = checks.check(cfg)
+    if cfg.mode == "federated":
+        from .federated.strategies import check_method
+
+        check_method(cfg, model)
 
 
 def report_device(cfg: DictConfig, device) -> str:
@@ -256,16 +266,12 @@ def job(cfg: DictConfig) -> float | None:
         if HydraConfig.get().mode != RunMode.MULTIRUN:
             sys.exit(1)
         return float("nan")  # a sweep goes on with its next job; Optuna records a failed trial
-    final = data.get("final") or {}
-    log.info(
-        "%s run %s: final test accuracy %s, test loss %s (%.1fs) -> %s",
-        cfg.mode,
-        data["status"],
-        progress.number(final.get("test_accuracy")),
-        progress.number(final.get("test_loss")),
-        data["wall_seconds"],
-        run_dir,
-    )
+    log.info(progress.final_line(data, run_dir))
+    if cfg.mode == "federated" and progress.last_all_clients(data) is None:
+        from .federated.strategies import is_personal
+
+        if is_personal(cfg):
+            log.info(progress.PERSONAL_NOTE.format(name=HydraConfig.get().runtime.choices.strategy))
     return objective(cfg, data)
 
 
@@ -297,7 +303,7 @@ def main() -> None:
             sys.exit(2)
         argv = plan.argv
         os.environ[resume.RESUME_ENV] = plan.env
-    line = prepare(argv, config_dir())
+    line = prepare(argv, config_dir(), check_settings)
     if line.problem:
         print(f"fedexp: error: {line.problem}", file=sys.stderr)
         sys.exit(2)

@@ -51,11 +51,54 @@ def start_line(text: str) -> None:
     log.info(text)
 
 
+def all_clients(summary: dict | None) -> str:
+    """What an evaluation of every client found, and of which model: 'all 10 clients, own
+    models: acc mean 0.7472 p10 0.4857' ('' when the round had none)."""
+    if not summary or summary.get("mean_accuracy") is None:
+        return ""
+    models = "own models" if summary.get("model") == "personal" else "global model"
+    return (
+        f"all {count(summary['clients'], 'client')}, {models}: acc mean "
+        f"{number(summary['mean_accuracy'])} p10 {number(summary['p10_accuracy'])}"
+    )
+
+
+def last_all_clients(data: dict) -> dict | None:
+    """The `all_clients` summary of a run's last round that evaluated every client."""
+    return next(
+        (r["all_clients"] for r in reversed(data.get("rounds") or []) if r.get("all_clients")), None
+    )
+
+
+def final_line(data: dict, run_dir: str) -> str:
+    """The run's last line: the final test numbers, said to be the global model's on the
+    server's test set, and the clients' own accuracy where every client was evaluated."""
+    final = data.get("final") or {}
+    line = (
+        f"{data['mode']} run {data['status']}: final test accuracy "
+        f"{number(final.get('test_accuracy'))}, test loss {number(final.get('test_loss'))}"
+    )
+    if data["mode"] == "federated":
+        clients = all_clients(last_all_clients(data))
+        line += " (global model, server's test set)" + (f"; {clients}" if clients else "")
+    return line + f" ({data['wall_seconds']:.1f}s) -> {run_dir}"
+
+
+# A personalised method run without the evaluation of every client: where its numbers are.
+PERSONAL_NOTE = (
+    "strategy={name} trains a model per client, which the global model's test numbers do not "
+    "measure: evaluation.all_clients_every=K evaluates every client's own model every K "
+    "rounds and after the last (their mean and p10 on the round and final lines, each client in "
+    "clients.csv)"
+)
+
+
 def round_line(r: dict, total: int, done: list[dict] | None = None) -> None:
     fails = f" ({r['fit_failures']} failed)" if r.get("fit_failures") else ""
+    clients = all_clients(r.get("all_clients"))
     log.info(
         "round %d/%d | fit %s%s, train loss %s | eval %s, loss %s acc %s "
-        "| test loss %s acc %s | %.1fs%s",
+        "| test loss %s acc %s%s | %.1fs%s",
         r["round"],
         total,
         count(r["fit_clients"], "client"),
@@ -66,6 +109,7 @@ def round_line(r: dict, total: int, done: list[dict] | None = None) -> None:
         number(r.get("distributed_accuracy")),
         number(r.get("test_loss")),
         number(r.get("test_accuracy")),
+        f" | {clients}" if clients else "",
         r["seconds"],
         eta(done or [], total),
     )

@@ -27,25 +27,15 @@ import time
 from pathlib import Path
 
 from .errors import ResultsExistError
+from .modes import STEPS
 
 log = logging.getLogger(__name__)
 
 STATUSES = ("running", "completed", "failed", "diverged", "interrupted")
 CLIENT_COLUMNS = ["round", "client", "examples", "loss", "accuracy"]
+
+
 # The contract's steps by mode: the list that holds them, and the key that numbers each.
-STEPS = {"federated": ("rounds", "round"), "centralized": ("epochs", "epoch")}
-
-
-def steps_of(data: dict, mode: str | None = None) -> list[dict]:
-    """The rounds (federated) or epochs (centralized) of a results.json's `data`."""
-    return data.get(STEPS.get(mode or data.get("mode"), STEPS["federated"])[0]) or []
-
-
-def step_number(record: dict) -> int | None:
-    """A round's or an epoch's number."""
-    return record.get("round", record.get("epoch"))
-
-
 def is_timing_key(key: str) -> bool:
     """Keys that measure time (`seconds`, `wall_seconds`, `client_start_seconds`, ...): the
     only ones two runs of the same config may differ in (the reproducibility contract)."""

@@ -26,7 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import checkpoints
 from .checks import ConfigError
-from .results import read_json, steps_of
+from .modes import steps_of
+from .results import read_json
 
 log = logging.getLogger("fedexp")
 

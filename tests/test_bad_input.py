@@ -693,3 +693,24 @@ def test_a_missing_hydra_plugin_is_one_line_naming_its_extra(
         and f"pip install -e '.[{extra}]'" in lines[0]
     )
     assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize(
+    "sweep,message",
+    [
+        (("optimizer.lr=0.01,0.1x",), "job 1 of the sweep (optimizer.lr=0.1x): optimizer.lr=0.1x"),
+        (
+            ("partitioning=iid,dirichlet", "partitioning.alpha=-1", "seed=0,1"),
+            "job 2 of the sweep (partitioning=dirichlet, seed=0): partitioning.partitioner.alpha=-1",
+        ),
+    ],
+    ids=["value", "option"],
+)
+def test_a_bad_value_in_a_sweep_is_refused_before_any_job(fedexp_cli, tmp_path, sweep, message):
+    """Every job's settings are checked before the first job starts: the bad job is named
+    in one line, and no job ran (no sweep directory, no data loaded)."""
+    status, _, err, _ = fedexp_cli("-m", *sweep, "num_rounds=2", data_allowed=False)
+    assert status == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"fedexp: error: {message} is not allowed")
+    assert not (tmp_path / "sweep").exists()

@@ -336,3 +336,28 @@ def test_eta_from_the_rounds_done():
     assert eta([{"seconds": 30.0}, {"seconds": 10.0}, {"seconds": 12.0}], 5) == " | ETA 22s"
     assert eta([{"seconds": 1.0}] * 5, 5) == ""
     assert duration(7500) == "2h05m" and duration(59.4) == "59s"
+
+
+def test_repeats_of_a_seed_count_once_and_show_as_repeats(tmp_path, capsys):
+    """A run and its unbroken repeat (seed 0 twice) beside seed 1: the group's statistics
+    are over the two distinct seeds, and the seeds cell says that 0 ran twice."""
+    runs = tmp_path / "runs"
+    for name, seed, acc in (("a", 0, 0.6), ("b", 0, 0.6), ("c", 1, 0.8)):
+        write_run(runs / name, ["num_rounds=2", f"seed={seed}"], federated([0.3, acc], [2.0, 1.0]))
+    out_csv = tmp_path / "table.csv"
+    assert compare([str(runs), "--csv", str(out_csv)]) == 0
+    text = capsys.readouterr().out
+    (row,) = [line.split() for line in text.splitlines() if line.startswith("federated ")]
+    assert row[:3] == ["federated", "0×2,1", "2"]  # mode, seeds, n: two distinct seeds
+    assert f"0.7000 ± {np.std([0.6, 0.8], ddof=1):.4f}" in text  # not over 0.6, 0.6, 0.8
+    assert {r["group_runs"] for r in csv.DictReader(out_csv.open())} == {"2"}
+    # Repeats alone are one sample, with no spread; repeats that ended apart say so.
+    (runs / "c").rename(tmp_path / "c")
+    write_run(runs / "d", ["num_rounds=2", "seed=0"], federated([0.3, 0.5], [2.0, 1.0]))
+    assert compare([str(runs)]) == 0
+    (row,) = [
+        line.split()
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("federated ")
+    ]
+    assert row[:4] == ["federated", "0×3", "(differ)", "1"] and "±" not in row

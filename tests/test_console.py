@@ -79,3 +79,35 @@ def test_a_long_title_is_wrapped_to_the_figure():
     assert title.startswith("federated run, completed: dataset.path=/folder-000/")
     short = "federated run, completed: seed=3"
     assert fitted_title(short, plt.figure(figsize=(10, 4))) == short
+
+
+def test_a_personalised_run_says_which_model_its_numbers_are_for(fedexp, tmp_path, monkeypatch):
+    """The final test numbers are the global model's; where every client was evaluated,
+    their own models' mean and p10 are on the round's and the final line; without that,
+    a personalised method is told how to see them."""
+    monkeypatch.chdir(tmp_path)
+    common = ("num_clients=3", "num_rounds=1", "partitioning=pathological")
+    proc = fedexp("strategy=ditto", "evaluation.all_clients_every=1", *common, "hydra.run.dir=a")
+    assert proc.returncode in (0, None), proc.stderr[-2000:]
+    lines, res = _lines(proc), read_results(tmp_path / "a")
+    clients = res["rounds"][-1]["all_clients"]
+    assert clients["model"] == "personal"
+    told = (
+        f"all 3 clients, own models: acc mean {clients['mean_accuracy']:.4f} "
+        f"p10 {clients['p10_accuracy']:.4f}"
+    )
+    final = next(line for line in lines if "final test accuracy" in line)
+    assert "(global model, server's test set); " + told in final
+    assert told in next(line for line in lines if line.startswith("round 1/1 |"))
+    assert not any("trains a model per client" in line for line in lines)
+    proc = fedexp("strategy=fedbn", *common, "hydra.run.dir=b")
+    assert proc.returncode in (0, None), proc.stderr[-2000:]
+    lines = _lines(proc)
+    assert "(global model, server's test set) (" in next(
+        line for line in lines if "final test accuracy" in line
+    )
+    assert any(
+        line.startswith("strategy=fedbn trains a model per client")
+        and "evaluation.all_clients_every=K" in line
+        for line in lines
+    )

@@ -194,3 +194,38 @@ def test_iid_partitions_repeat_for_a_seed_and_differ_across_seeds(make_cfg):
 def test_iid_partitions_are_random_not_file_order(make_cfg):
     parts = iid(make_cfg, np.zeros(1000, int), 10, seed=0)
     assert parts.train[0].max() > 500  # a contiguous shard would stop at 100
+
+
+def test_one_channel_images_are_row_major_so_every_backend_computes_alike():
+    """`x[:, None]` leaves a channel stride of 1, which torch reads as channels-last too and
+    convolves with other kernels than the row-major copy Ray's object store hands a worker:
+    ImageData keeps its arrays row-major, so a client trains alike inline and on Ray."""
+    import torch
+
+    from fedexp.data.datasets import ImageData
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (64, 12, 12), dtype=np.uint8)
+    # the strides digits' upsampling leaves (torch's interpolate output, as numpy)
+    x = np.lib.stride_tricks.as_strided(images, (64, 1, 12, 12), (144, 1, 12, 1))
+    y = rng.integers(0, 3, 64)
+    data = ImageData(x, y, x[:8], y[:8], ["a", "b", "c"])
+    assert data.x_train.strides == (144, 144, 12, 1)
+    np.testing.assert_array_equal(data.x_train, x)
+
+    def trained(images):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(
+            torch.nn.Conv2d(1, 6, 5), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(384, 3)
+        )
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        for _ in range(3):
+            optimizer.zero_grad()
+            batch = torch.from_numpy(images)[torch.arange(32)].float() / 255
+            torch.nn.functional.cross_entropy(model(batch), torch.from_numpy(y[:32])).backward()
+            optimizer.step()
+        return [p.detach().clone() for p in model.parameters()]
+
+    # what a Ray worker gets: a fresh row-major copy of the array
+    for a, b in zip(trained(data.x_train), trained(np.array(data.x_train, order="C"))):
+        assert torch.equal(a, b)

@@ -15,12 +15,17 @@ process, in a fresh directory) in the cheapest form that still checks it:
 A command that needs what a test cannot give (runs to compare or resume, a cluster, the
 network, files of your own) says so in a `# needs: ...` comment and is not run.
 
+The README's commands that train (its runs, and each setting of its sweeps at the sweep's
+first seed) run for real instead, on the offline digits data, and must end above 0.3
+test accuracy (chance is 0.1): an example a reader copies must visibly learn.
+
 Transcripts, `$ fedexp ...` lines in plain blocks followed by what the command prints, run
 too, and must print the line shown below them.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 import shlex
 from pathlib import Path
@@ -98,6 +103,42 @@ def test_the_docs_show_commands_and_transcripts():
 DATA_DEPENDENT = re.compile(r"^\+?(partitioning|num_clients)[.=]")
 
 
+def _trains(args: list[str]) -> bool:
+    """Whether a command trains on digits: no flag (--help, --cfg), no dry run, no dataset."""
+    return not any(
+        a.startswith("--") or a == "dry_run=true" or re.match(r"\+?(dataset|experiment)=", a)
+        for a in args
+    )
+
+
+def _runs_of(args: list[str]) -> list[list[str]]:
+    """The runs a command trains: itself, or for a sweep every combination of its swept
+    values, with `seed` at its first value."""
+    values = []
+    for arg in args:
+        if arg == "-m":
+            continue
+        key, sep, value = arg.partition("=")
+        swept = sep and "," in value and "[" not in value
+        choices = value.split(",") if swept else [value]
+        values.append(
+            [f"{key}={v}" if sep else arg for v in choices[: 1 if key == "seed" else None]]
+        )
+    return [list(run) for run in itertools.product(*values)]
+
+
+README_RUNS = sorted(
+    {
+        tuple(run)
+        for where, command, note in COMMANDS
+        if where == "README.md" and not note.startswith("needs:")
+        for words in [shlex.split(command)]
+        if words[0] == "fedexp" and _trains(words[1:])
+        for run in _runs_of(words[1:])
+    }
+)
+
+
 def _first_job(args: list[str]) -> list[str]:
     """The arguments of a sweep's first job."""
     first = []
@@ -155,16 +196,38 @@ def test_documented_command_works(fedexp, in_fresh_dir, monkeypatch, where, comm
     args = words[3:] if words[:3] == ["python", "-m", "fedexp"] else words[1:]
     if "-m" in args:
         from fedexp.command_line import prepare
-        from fedexp.main import config_dir
+        from fedexp.main import check_settings, config_dir
 
-        problem = prepare(args, config_dir()).problem
+        problem = prepare(args, config_dir(), check_settings).problem
         assert problem is None, f"{where}: {command}: {problem}"
+    if where == "README.md" and _trains(args):
+        return  # runs for real in test_the_readmes_runs_learn
     cheapest = _cheapest(args)
     proc = fedexp(*cheapest)
     assert proc.returncode in (0, None), f"{where}: {command}\n{proc.stderr[-2000:]}"
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
     if "dry_run=true" in cheapest and "--cfg" not in cheapest:
         assert "dry run:" in proc.stdout + proc.stderr, proc.stdout[-2000:]
+
+
+_LEARNED: dict[str, float] = {}  # final test accuracy by composed config (loggers aside)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("run", README_RUNS, ids=[" ".join(r) or "fedexp" for r in README_RUNS])
+def test_the_readmes_runs_learn(fedexp, in_fresh_dir, run):
+    """Each run the README shows ends above 0.3 test accuracy on digits (chance: 0.1). Runs
+    that differ only in their loggers train the same numbers and run once."""
+    from conftest import compose_cfg, read_results
+    from omegaconf import OmegaConf
+
+    cfg = compose_cfg(*run)
+    key = OmegaConf.to_yaml({k: v for k, v in cfg.items() if k != "logger"})
+    if key not in _LEARNED:
+        proc = fedexp(*run, "hydra.run.dir=run")
+        assert proc.returncode in (0, None), proc.stderr[-2000:]
+        _LEARNED[key] = read_results(in_fresh_dir / "run")["final"]["test_accuracy"]
+    assert _LEARNED[key] > 0.3, f"fedexp {' '.join(run)} ends at {_LEARNED[key]:.4f}"
 
 
 @pytest.mark.parametrize(

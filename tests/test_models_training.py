@@ -70,7 +70,10 @@ def test_evaluate_is_a_mean_per_example_and_batch_size_free():
     a = evaluate(model, d.x_test, d.y_test, None, batch_size=7, normalize=norm)
     b = evaluate(model, d.x_test, d.y_test, None, batch_size=1000, normalize=norm)
     assert a["examples"] == b["examples"] == len(d.y_test)
-    assert abs(a["loss"] - b["loss"]) < 1e-5 and a["accuracy"] == b["accuracy"]
+    assert abs(a["loss"] - b["loss"]) < 1e-5
+    # Other batch sizes run other kernels: an untrained model's near-tied logits may flip
+    # the argmax of an example or two on another CPU.
+    assert abs(a["accuracy"] - b["accuracy"]) <= 2 / len(d.y_test)
     x = norm(torch.from_numpy(d.x_test))
     expected = torch.nn.functional.cross_entropy(model(x), torch.from_numpy(d.y_test)).item()
     assert abs(a["loss"] - expected) < 1e-5

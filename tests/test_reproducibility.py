@@ -1,5 +1,6 @@
-"""The same config gives the same numbers, bit for bit; another seed gives other numbers;
-the clients' backend (Ray actors or inline) changes them by float rounding only.
+"""The same config gives the same numbers, bit for bit, whichever backend runs its clients
+(Ray actors of a joined cluster, or inline in the fedexp process); another seed gives other
+numbers.
 
 Two real federated runs (Flower + Ray, on the session's shared Ray cluster, joined through
 `simulation.ray_address`) under Dirichlet(0.1) label skew with SCAFFOLD and half the
@@ -79,29 +80,19 @@ def test_dirichlet_skew_is_in_partitions_json(runs):
     assert shares.max(1).mean() > 0.3  # alpha = 0.1: clients are dominated by few classes
 
 
-def test_inline_clients_repeat_bit_for_bit_and_agree_with_ray(runs, tmp_path_factory):
-    """The same experiment with its clients in this process: bit for bit the same on a
-    second run, and the numbers of the Ray runs up to float rounding (the two backends'
-    processes round some float operations differently)."""
+def test_inline_clients_give_the_numbers_and_model_of_ray_actors(runs, tmp_path_factory):
+    """The same experiment with its clients in this process: the Ray runs' results (timing
+    keys aside) and model.pt, bit for bit. Ray's workers get row-major copies of the data
+    from the object store, and conv kernels round differently on arrays whose strides
+    also read as channels-last (see data/datasets.py's row_major)."""
     from conftest import compose_cfg
 
     from fedexp.main import run
 
-    inline = [
-        run(
-            compose_cfg(*CONFIG, "seed=7", "simulation.backend=inline"),
-            str(tmp_path_factory.mktemp("inline")),
-        )
-        for _ in range(2)
-    ]
-    assert all(res["backend"] == "inline" and res["status"] == "completed" for res in inline)
-    assert without_timing(inline[0]) == without_timing(inline[1])
-    on_ray = runs[0][0]
-    assert on_ray["backend"] == "ray"
-    for a, b in zip(inline[0]["rounds"], on_ray["rounds"], strict=True):
-        assert (
-            a["fit_clients"] == b["fit_clients"] and a["evaluate_clients"] == b["evaluate_clients"]
-        )
-        for key in ("train_loss", "test_loss", "distributed_loss"):
-            assert a[key] == pytest.approx(b[key], rel=1e-4), key
-        assert abs(a["test_accuracy"] - b["test_accuracy"]) <= 0.01
+    run_dir = tmp_path_factory.mktemp("inline")
+    inline = run(compose_cfg(*CONFIG, "seed=7", "simulation.backend=inline"), str(run_dir))
+    on_ray, ray_dir = runs[0]
+    assert inline["backend"] == "inline" and on_ray["backend"] == "ray"
+    assert without_timing(inline["rounds"]) == without_timing(on_ray["rounds"])
+    assert inline["initial"] == on_ray["initial"] and inline["final"] == on_ray["final"]
+    assert (run_dir / "model.pt").read_bytes() == (ray_dir / "model.pt").read_bytes()

@@ -16,7 +16,7 @@ from conftest import REPO, read_results
 
 from fedexp import command_line
 from fedexp.command_line import fresh_dir
-from fedexp.main import main
+from fedexp.main import check_settings, main
 from fedexp.results import ResultsExistError, RunResults
 
 
@@ -60,10 +60,10 @@ def test_two_runs_started_together_on_one_directory_one_is_refused_before_hydra_
     from fedexp.results import CLAIM
 
     run_dir = tmp_path / "run"
-    first = command_line.prepare([f"hydra.run.dir={run_dir}"], str(REPO / "conf"))
+    first = command_line.prepare([f"hydra.run.dir={run_dir}"], str(REPO / "conf"), check_settings)
     assert first.problem is None and (run_dir / CLAIM).read_text().strip() == str(os.getpid())
     (run_dir / CLAIM).write_text("1\n")  # as if another process had claimed it first
-    second = command_line.prepare([f"hydra.run.dir={run_dir}"], str(REPO / "conf"))
+    second = command_line.prepare([f"hydra.run.dir={run_dir}"], str(REPO / "conf"), check_settings)
     assert second.problem.startswith(
         f"hydra.run.dir={run_dir} already holds {CLAIM} from another run"
     )

@@ -15,7 +15,7 @@ import pytest
 from conftest import run_cli
 
 from fedexp.command_line import prepare
-from fedexp.main import config_dir
+from fedexp.main import check_settings, config_dir
 
 
 def test_a_key_some_swept_options_have_is_forced_in_and_marked_for_the_others():
@@ -28,6 +28,7 @@ def test_a_key_some_swept_options_have_is_forced_in_and_marked_for_the_others():
             "seed=0,1",
         ],
         config_dir(),
+        check_settings,
     )
     assert line.problem is None
     assert line.argv == [
@@ -45,15 +46,19 @@ def test_a_key_some_swept_options_have_is_forced_in_and_marked_for_the_others():
 
 
 def test_keys_every_option_has_and_typos_are_left_alone():
-    line = prepare(["-m", "strategy=fedavg,fedprox", "strategy.fraction_fit=0.5"], config_dir())
+    line = prepare(
+        ["-m", "strategy=fedavg,fedprox", "strategy.fraction_fit=0.5"], config_dir(), check_settings
+    )
     assert (line.problem, line.unused) == (None, {})
     assert line.argv == ["-m", "strategy=fedavg,fedprox", "strategy.fraction_fit=0.5"]
-    typo = prepare(["-m", "strategy=fedavg,fedprox", "strategy.proximal_muu=0.1"], config_dir())
+    typo = prepare(
+        ["-m", "strategy=fedavg,fedprox", "strategy.proximal_muu=0.1"], config_dir(), check_settings
+    )
     assert typo.problem.startswith("strategy.proximal_muu is not a fedexp setting (a typo?")
 
 
 def test_outside_a_sweep_the_error_names_the_options_that_have_the_key():
-    problem = prepare(["strategy.proximal_mu=0.1"], config_dir()).problem
+    problem = prepare(["strategy.proximal_mu=0.1"], config_dir(), check_settings).problem
     assert problem == (
         "strategy.proximal_mu is not a setting of strategy=fedavg: only strategy=fedprox "
         "has it (in a sweep over strategy, it applies to the options that have it)"
@@ -116,3 +121,36 @@ def test_each_job_uses_only_the_keys_its_options_have(tmp_path, monkeypatch, cap
         json.loads((sweep / job / "partitions.json").read_text())["settings"] for job in ("0", "1")
     ]
     assert "alpha" not in settings[0] and settings[1]["alpha"] == 0.1
+
+
+@pytest.mark.parametrize(
+    "args,direction",
+    [
+        (["hydra/sweeper=optuna", "optimizer.lr=interval(0.0005,0.01)"], "maximize"),
+        (["hydra/sweeper=optuna", "objective=best_test_accuracy"], "maximize"),
+        (["hydra/sweeper=optuna", "objective=final_test_loss"], "minimize"),
+        (["hparams_search=optuna_lr"], "maximize"),
+        (["hparams_search=optuna_lr", "objective=final_test_loss"], "minimize"),
+        (["hydra/sweeper=optuna", "hydra.sweeper.direction=maximize"], None),
+    ],
+)
+def test_optuna_optimises_the_objective_in_its_direction(args, direction):
+    """Optuna minimises by default; fedexp points it at the objective's direction (an
+    accuracy up, a loss down) unless the command line already does."""
+    line = prepare(["-m", *args], config_dir(), check_settings)
+    assert line.problem is None
+    added = [a for a in line.argv if a not in args and a != "-m"]
+    assert added == ([f"hydra.sweeper.direction={direction}"] if direction else [])
+
+
+def test_a_contrary_direction_is_refused_in_one_line():
+    line = prepare(
+        ["-m", "hydra/sweeper=optuna", "hydra.sweeper.direction=minimize"],
+        config_dir(),
+        check_settings,
+    )
+    assert line.problem.startswith(
+        "hydra.sweeper.direction=minimize is not allowed with objective=final_test_accuracy: "
+        "fedexp maximizes it; leave hydra.sweeper.direction out"
+    )
+    assert "\n" not in line.problem

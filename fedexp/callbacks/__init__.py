@@ -20,6 +20,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
+from ..modes import STEPS, step_number
+
 log = logging.getLogger("fedexp")
 
 
@@ -103,8 +105,6 @@ def numbers(record: dict) -> dict:
 
 def measures(record: dict) -> tuple[int, dict]:
     """A round's (epoch's) number, and its other numbers: what a tracker logs at that step."""
-    from ..results import STEPS, step_number
-
     step_keys = {key for _, key in STEPS.values()}
     return step_number(record), {k: v for k, v in numbers(record).items() if k not in step_keys}
 

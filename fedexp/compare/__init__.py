@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         print(render(header, rows))
         if any(len(g.runs) > 1 for g in groups):
             print(
-                "\nseed groups (runs that differ only in seed): mean ± sample std (n-1) over seeds"
+                "\nseed groups (runs that differ only in seed): mean ± sample std (n-1) over "
+                "distinct seeds; a seed run k times (0×k) counts once"
             )
             print(render(*group_rows(settings, groups)))
         failed = [r for r in runs if r.results.get("error")]

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from ..results import STEPS, read_json, steps_of
+from ..modes import STEPS, steps_of
+from ..results import read_json
 
 MODES = ("federated", "centralized")
 CONTRACT = "see docs/results.md"

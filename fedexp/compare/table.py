@@ -1,5 +1,6 @@
 """What the comparison shows: the settings in which the runs differ, one row per run, and
-seed groups (runs that differ only in `seed`) as mean ± standard deviation over seeds.
+seed groups (runs that differ only in `seed`) as mean ± standard deviation over distinct
+seeds (repeats of a seed are shown as repeats, `0×2`, and count once).
 
 The standard deviation is the sample standard deviation (n - 1 in the denominator,
 `statistics.stdev`), the one papers report for a handful of seeds; a group of one run has
@@ -159,22 +160,41 @@ class Stat:
 
 @dataclass
 class SeedGroup:
-    """Runs whose settings are equal except for `seed`."""
+    """Runs whose settings are equal except for `seed`. Statistics are over distinct
+    seeds: two runs of one seed repeat each other (the same numbers, see
+    docs/results.md#reproducibility), so they are one sample, not a spread."""
 
     settings: dict[str, str | None]  # the differing settings, seed excluded
     mode: str
     runs: list[Run]
 
+    def by_seed(self) -> dict[str, list[Run]]:
+        runs: dict[str, list[Run]] = {}
+        for r in self.runs:
+            runs.setdefault(show(r.config.get("seed")), []).append(r)
+        return runs
+
     @property
     def completed(self) -> list[Run]:
-        return [r for r in self.runs if r.status == "completed"]
+        """One completed run per seed (the first, in the order of the runs)."""
+        firsts = ([r for r in runs if r.status == "completed"] for runs in self.by_seed().values())
+        return [done[0] for done in firsts if done]
 
     def stat(self, metric: str) -> Stat:
         return Stat.of([getattr(r, metric) for r in self.completed])
 
     @property
     def seeds(self) -> str:
-        return ",".join(show(r.config.get("seed")) for r in self.runs)
+        """The group's seeds; a seed run k times shows as `0×k`, and `(differ)` follows when
+        its completed runs did not end with the same numbers."""
+        shown = []
+        for seed, runs in self.by_seed().items():
+            if len(runs) == 1:
+                shown.append(seed)
+                continue
+            ends = {(r.final_accuracy, r.final_loss) for r in runs if r.status == "completed"}
+            shown.append(f"{seed}×{len(runs)}" + (" (differ)" if len(ends) > 1 else ""))
+        return ",".join(shown)
 
 
 def seed_groups(settings: Settings) -> list[SeedGroup]:
@@ -247,11 +267,8 @@ def group_rows(settings: Settings, groups: list[SeedGroup]) -> tuple[list[str], 
     header = [*columns, "mode", "seeds", "n"] + [m[0] for m in shown] + ["wall s"]
     rows = []
     for g in groups:
-        n = (
-            f"{len(g.completed)}"
-            if len(g.completed) == len(g.runs)
-            else f"{len(g.completed)} of {len(g.runs)}"
-        )
+        seeds = len(g.by_seed())
+        n = f"{len(g.completed)}" if len(g.completed) == seeds else f"{len(g.completed)} of {seeds}"
         rows.append(
             [*["" if g.settings[c] is None else g.settings[c] for c in columns], g.mode, g.seeds, n]
             + [g.stat(attr).text(spec) for _, attr, spec in shown]

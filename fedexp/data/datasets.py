@@ -34,9 +34,31 @@ class ImageData:
     y_test: np.ndarray
     classes: list[str]
 
+    def __post_init__(self) -> None:
+        for name in ("x_train", "y_train", "x_test", "y_test"):
+            setattr(self, name, row_major(getattr(self, name)))
+
     @property
     def shape(self) -> tuple[int, int, int]:
         return tuple(self.x_train.shape[1:])
+
+
+def row_major(a: np.ndarray) -> np.ndarray:
+    """`a` with the strides of a fresh C-order array (a copy only when they differ).
+
+    A one-channel batch whose channel stride is 1 (what `x[:, None]` gives) reads as both
+    contiguous and channels-last, and torch's convolutions then take their channels-last
+    kernels, which round differently. Ray's object store hands every worker a fresh
+    row-major copy, so without this the clients' numbers would depend on the backend
+    that runs them (inline or Ray)."""
+    a = np.asarray(a)
+    strides, step = [], a.itemsize
+    for size in reversed(a.shape):
+        strides.append(step)
+        step *= size
+    if a.strides == tuple(reversed(strides)):
+        return a
+    return np.array(a, order="C", copy=True)
 
 
 def _resize(x: np.ndarray, size: int) -> np.ndarray:

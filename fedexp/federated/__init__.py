@@ -27,7 +27,6 @@ from omegaconf import OmegaConf
 from .. import checkpoints, progress
 from ..models import set_weights
 from ..results import RunResults
-from ..sweep import jobs_in_this_process
 from ..workload import Workload
 from . import strategies
 from .client import ClientSpec, make_client_app, prepare
@@ -90,8 +89,12 @@ def examples_trained(cfg, work: Workload) -> int:
     return sum(len(t) for t in work.parts.train) * int(cfg.local_epochs) * int(cfg.num_rounds)
 
 
-def run(work: Workload, results: RunResults, resume: dict | None = None) -> torch.nn.Module:
-    """Run the federation; `resume`: the checkpoint to continue from (see resume.py)."""
+def run(
+    work: Workload, results: RunResults, resume: dict | None = None, keep_ray: bool = False
+) -> torch.nn.Module:
+    """Run the federation; `resume`: the checkpoint to continue from (see resume.py);
+    `keep_ray`: a Ray this run starts stays up for the next job of the sweep, which runs
+    in this process (see simulation.ray_session)."""
     cfg = work.cfg
     reap_orphans()  # of a killed run, whether or not this run starts Ray
     model = work.new_model()
@@ -137,12 +140,7 @@ def run(work: Workload, results: RunResults, resume: dict | None = None) -> torc
     client_cpus = cfg.device.client_cpus
     client_gpus = float(cfg.device.client_gpus) if work.device.type == "cuda" else 0.0
     address, share = sweep_ray(cfg.simulation.ray_address)
-    # A resumed run keeps the backend it started on (the two agree only up to rounding).
-    on_ray = (
-        results.data["backend"] == "ray"
-        if resume is not None and "backend" in results.data
-        else uses_ray(cfg.simulation, examples_trained(cfg, work))
-    )
+    on_ray = uses_ray(cfg.simulation, examples_trained(cfg, work))
     ray_settings = (
         address,
         cfg.simulation.num_cpus,
@@ -194,7 +192,7 @@ def run(work: Workload, results: RunResults, resume: dict | None = None) -> torc
             strategy.wait_for_clients = lambda: prepare(spec)
             engine(make_client_app(spec), stop=strategy.stop.set, backend=inline_clients(threads))
         else:
-            with ray_session(*ray_settings, keep=jobs_in_this_process()) as session:
+            with ray_session(*ray_settings, keep=keep_ray) as session:
                 spec = client_spec(data_ref=session.ray.put(data), threads=threads)
                 resources = {"num_cpus": client_cpus, "num_gpus": client_gpus}
                 slots = min(session.client_slots(resources, share), cfg.num_clients)

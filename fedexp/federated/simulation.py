@@ -12,9 +12,10 @@ Two backends run the clients (`simulation.backend`, see `uses_ray`): Flower's Ra
 its actors working in parallel, and `inline_clients`, which runs them one after another
 in this process. Starting Ray and its workers costs about 10 s on a 2-core machine, more
 than a small run's training takes; the inline backend costs nothing to start. The two
-agree up to float rounding (each client uses `device.client_cpus` torch threads either
-way, yet a Ray worker process rounds some operations differently); each repeats itself
-bit for bit.
+give the same numbers bit for bit: each client uses `device.client_cpus` torch threads
+either way, and the data arrays are row-major in both (see data/datasets.py's
+`row_major`), so a run's results do not depend on which backend, launcher or cluster ran
+its clients.
 
 Ray is started here (not inside Flower) so that the training data can be put into Ray's
 object store before the clients exist, and so that `simulation.ray_address` can join an

@@ -6,9 +6,9 @@ and fedexp adds its server-side hooks (initial parameters, test-set evaluation, 
 client settings, metric averaging, the model's layout) only where that constructor takes
 them, so a Strategy subclass with a narrower signature still builds.
 
-The setting checks (checks.py) and the run build the strategy through `build` with the
-same hooks, so a strategy that needs one of them (FedAdam needs the initial model) is
-checked as it will run.
+The setting checks (`check_method`, which main.check_settings calls after checks.py's) and
+the run build the strategy through `build` with the same hooks, so a strategy that needs
+one of them (FedAdam needs the initial model) is checked as it will run.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from flwr.server.strategy import Strategy
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from ..checks import ConfigError, first_line, importable
-from ..checks import build as build_checked
+from ..errors import ConfigError, first_line, importable
+from ..errors import build as build_checked
 from ..models import get_weights
 from .payload import ModelLayout
 
@@ -154,6 +154,17 @@ def build(
             "not a flwr.server.strategy.Strategy"
         )
     return strategy
+
+
+def check_method(cfg: DictConfig, model: torch.nn.Module) -> None:
+    """Build both halves of the method once, the strategy with the same hooks the run gives
+    it (FedAdam needs the initial model), so that a setting they reject fails before any
+    data is loaded; warn when the client half is defined for another local solver."""
+    build(cfg, model, warn=False)
+    check_client_half(cfg, model)
+    note = local_solver_note(cfg)
+    if note:
+        log.warning(note)
 
 
 def check_client_half(cfg: DictConfig, model: torch.nn.Module) -> None:
