@@ -382,6 +382,7 @@ def test_federated_client_trains_with_the_configured_augmentation():
     assert not all(np.array_equal(a, b) for a, b in zip(on, off))
 
 
+@pytest.mark.slow  # seconds of work (data, training or the command line): the whole suite runs it
 def test_centralized_run_trains_with_the_configured_augmentation(tmp_path, monkeypatch):
     base = ("mode=centralized", "centralized.epochs=1")
     work = Workload.build(compose_cfg(*base))
@@ -415,6 +416,7 @@ def test_centralized_run_trains_with_the_configured_augmentation(tmp_path, monke
 # --- bugs: settings the config check lets through ----------------------------------------
 
 
+@pytest.mark.slow  # seconds of work (data, training or the command line): the whole suite runs it
 def test_valid_augment_settings_pass_the_config_check():
     check(compose_cfg(*AUG_ON))
     check(compose_cfg("experiment=niid_bench"))

@@ -534,7 +534,12 @@ def fedexp_cli(monkeypatch, capsys, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "overrides,message,stage", [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+    "overrides,message,stage",
+    # the cases caught once the data is loaded are the whole suite's
+    [
+        pytest.param(*c[1:], id=c[0], marks=pytest.mark.slow if c[3] == "data" else ())
+        for c in CASES
+    ],
 )
 def test_bad_setting_is_one_clear_line(fedexp_cli, tmp_path, overrides, message, stage):
     root = str(tmp_path / "empty")
@@ -604,6 +609,7 @@ def test_init_checkpoint_that_is_not_a_model(fedexp_cli, tmp_path):
     )
 
 
+@pytest.mark.slow  # seconds of work (data, training or the command line): the whole suite runs it
 def test_verbose_shows_the_traceback(fedexp_cli):
     status, _, err, _ = fedexp_cli("num_clients=0", "verbose=true", data_allowed=False)
     assert status == 2  # the exit status of a bad setting, with or without verbose
@@ -637,6 +643,7 @@ def test_a_finished_sweep_directory_is_refused(fedexp_cli, tmp_path):
     assert status == 2 and "already holds another sweep's results" in err
 
 
+@pytest.mark.slow  # seconds of work (data, training or the command line): the whole suite runs it
 def test_warnings_for_settings_that_do_nothing(make_cfg, caplog):
     with caplog.at_level(logging.WARNING, logger="fedexp"):
         checks.check(make_cfg("strategy.fraction_fit=0.3", "strategy.min_fit_clients=5"))
@@ -695,6 +702,7 @@ def test_a_missing_hydra_plugin_is_one_line_naming_its_extra(
     assert not (tmp_path / "sweep").exists()
 
 
+@pytest.mark.slow  # seconds of work (data, training or the command line): the whole suite runs it
 @pytest.mark.parametrize(
     "sweep,message",
     [

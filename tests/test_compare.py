@@ -131,6 +131,7 @@ def seed_sweep(tmp_path) -> Path:
     return sweep
 
 
+@pytest.mark.slow  # seconds of work (data, training or the command line): the whole suite runs it
 def test_seed_groups_report_mean_and_sample_std(seed_sweep, tmp_path, capsys):
     out_csv = tmp_path / "table.csv"
     assert compare([str(seed_sweep), "--csv", str(out_csv)]) == 0
@@ -172,6 +173,7 @@ def test_table_lists_each_run_with_its_numbers(seed_sweep, capsys):
     assert best[5:9] == ["2", "0.7400", "0.7400", "1.2000"]
 
 
+@pytest.mark.slow  # seconds of work (data, training or the command line): the whole suite runs it
 def test_group_choices_show_as_options_and_unused_settings_stay_blank(tmp_path, capsys):
     root = tmp_path / "runs"
     write_run(root / "a", ["optimizer=sgd", "optimizer.lr=0.05"], federated([0.5], [1.5]))
@@ -206,6 +208,7 @@ def test_what_only_observes_a_run_is_not_a_setting(tmp_path, capsys):
     assert "0.6000 ± 0.1414" in out  # one group of seeds 0 and 1
 
 
+@pytest.mark.slow  # seconds of work (data, training or the command line): the whole suite runs it
 def test_plot_draws_runs_groups_and_centralized_reference(seed_sweep, tmp_path, capsys):
     write_run(
         seed_sweep.parent / "central" / "0", ["mode=centralized", "seed=0"], centralized(0.9, 0.5)

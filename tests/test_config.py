@@ -103,6 +103,7 @@ def test_fraction_fit_is_not_a_no_op_by_default(make_cfg):
     assert instantiate(strategy_node(make_cfg().strategy)).num_fit_clients(10)[0] == 10
 
 
+@pytest.mark.slow  # seconds of work (data, training or the command line): the whole suite runs it
 def test_auto_backend_runs_small_runs_inline_and_the_rest_on_ray(make_cfg, monkeypatch):
     from fedexp.federated import examples_trained
     from fedexp.federated.simulation import SWEEP_ADDRESS, uses_ray

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 
 import matplotlib
+import pytest
 import torch
 from conftest import read_results
 
@@ -21,6 +22,7 @@ def _index(lines: list[str], start: str) -> int:
     return next(i for i, line in enumerate(lines) if line.startswith(start))
 
 
+@pytest.mark.slow  # a whole run through the command line
 def test_a_one_client_run_says_what_it_does(fedexp, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     proc = fedexp(
@@ -53,6 +55,7 @@ def test_a_one_client_run_says_what_it_does(fedexp, tmp_path, monkeypatch):
     assert f"final test accuracy {accuracy:.4f}, test loss {loss:.4f} (" in final
 
 
+@pytest.mark.slow  # a whole run through the command line
 def test_a_centralized_run_says_it_does_not_read_num_rounds(fedexp, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     proc = fedexp("mode=centralized", "num_rounds=1", "centralized.epochs=1", "hydra.run.dir=run")
@@ -81,6 +84,7 @@ def test_a_long_title_is_wrapped_to_the_figure():
     assert fitted_title(short, plt.figure(figsize=(10, 4))) == short
 
 
+@pytest.mark.slow  # a whole run through the command line
 def test_a_personalised_run_says_which_model_its_numbers_are_for(fedexp, tmp_path, monkeypatch):
     """The final test numbers are the global model's; where every client was evaluated,
     their own models' mean and p10 are on the round's and the final line; without that,

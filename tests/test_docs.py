@@ -230,6 +230,7 @@ def test_the_readmes_runs_learn(fedexp, in_fresh_dir, run):
     assert _LEARNED[key] > 0.3, f"fedexp {' '.join(run)} ends at {_LEARNED[key]:.4f}"
 
 
+@pytest.mark.slow  # seconds of work (data, training or the command line): the whole suite runs it
 @pytest.mark.parametrize(
     "where,command,shown", TRANSCRIPTS, ids=[f"{w}: {c[:60]}" for w, c, _ in TRANSCRIPTS]
 )

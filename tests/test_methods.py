@@ -103,6 +103,7 @@ def fedavg_fixed_point(hessians, local) -> np.ndarray:
     return np.linalg.solve(sum(drift), sum(d @ w for d, w in zip(drift, local)))
 
 
+@pytest.mark.slow  # seconds of work (data, training or the command line): the whole suite runs it
 def test_fedavg_stops_at_a_biased_point(make_cfg, drift_problem):
     blocks, hessians, local, optimum = drift_problem
     cfg, work = least_squares(

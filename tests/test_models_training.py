@@ -6,6 +6,7 @@ import json
 import math
 
 import numpy as np
+import pytest
 import torch
 import torch.nn as nn
 
@@ -38,6 +39,7 @@ def test_set_weights_rejects_a_different_model():
         raise AssertionError("no error")
 
 
+@pytest.mark.slow  # seconds of work (data, training or the command line): the whole suite runs it
 def test_short_training_lowers_the_loss_on_digits():
     d = load_digits(32, 0.2, 0)
     torch.manual_seed(0)

@@ -4,6 +4,7 @@ lands in exactly one client (train or validation), and the split repeats for a s
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, LinearPartitioner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -19,6 +20,7 @@ def assert_exact_cover(parts, n):
     assert np.array_equal(np.sort(everything), np.arange(n))
 
 
+@pytest.mark.slow  # seconds of work (data, training or the command line): the whole suite runs it
 @SETTINGS
 @given(
     n_clients=st.integers(1, 12),

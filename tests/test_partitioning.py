@@ -61,6 +61,7 @@ def test_every_index_in_at_most_one_client_and_sizes_add_up(make_cfg, scheme):
         assert not set(t) & set(v)
 
 
+@pytest.mark.slow  # seconds of work (data, training or the command line): the whole suite runs it
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_seeded_repeatability(make_cfg, scheme):
     n = 3 if scheme == "exponential" else 6
@@ -74,6 +75,7 @@ def test_seeded_repeatability(make_cfg, scheme):
     assert any(not np.array_equal(x, y) for x, y in zip(a.train, c.train))
 
 
+@pytest.mark.slow  # seconds of work (data, training or the command line): the whole suite runs it
 def test_dirichlet_skew_follows_alpha(make_cfg):
     overall = np.bincount(LABELS, minlength=10) / len(LABELS)
 
@@ -142,6 +144,7 @@ def test_partitioning_works_on_an_image_folder(make_cfg, tmp_path):
     assert sorted(np.concatenate(parts.train + parts.val).tolist()) == list(range(60))
 
 
+@pytest.mark.slow  # seconds of work (data, training or the command line): the whole suite runs it
 def test_partitions_json_and_png_describe_the_split(make_cfg, tmp_path):
     cfg = make_cfg("partitioning=shard", "num_clients=4", "partitioning.num_shards_per_partition=3")
     parts = split(make_cfg, "shard", 4, 0, LABELS, "partitioning.num_shards_per_partition=3")

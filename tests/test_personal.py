@@ -66,6 +66,7 @@ def test_the_summary_of_all_clients_is_the_distribution_of_their_accuracies():
     assert [r for r in range(1, 8) if every3.due(r)] == [3, 6, 7]  # and after the last round
 
 
+@pytest.mark.slow  # seconds of work (data, training or the command line): the whole suite runs it
 def test_every_client_is_evaluated_and_those_without_validation_data_are_counted_apart(make_cfg):
     # Linear quantity skew over 20 clients: the smallest ones keep no validation example.
     cfg = make_cfg(
@@ -103,6 +104,7 @@ def _layer(weights, cfg, name):
     return weights[list(model.state_dict()).index(name)]
 
 
+@pytest.mark.slow  # seconds of work (data, training or the command line): the whole suite runs it
 @pytest.mark.parametrize(
     "method,kept,shared",
     [
@@ -132,6 +134,7 @@ def test_local_layers_stay_with_the_clients(make_cfg, method, kept, shared):
     assert not np.array_equal(own[0][0], own[1][0])
 
 
+@pytest.mark.slow  # seconds of work (data, training or the command line): the whole suite runs it
 def test_client_state_in_files_gives_the_same_run_as_in_memory(make_cfg, tmp_path):
     cfg = make_cfg(
         "strategy=ditto",

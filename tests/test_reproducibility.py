@@ -60,6 +60,7 @@ def test_the_same_config_repeats_bit_for_bit(runs):
     assert all(torch.equal(ma[k], mb[k]) for k in ma)
 
 
+@pytest.mark.slow  # seconds of work (data, training or the command line): the whole suite runs it
 def test_another_seed_gives_other_numbers(make_cfg):
     (sa, a, _), (sc, c, _) = (
         flower_inprocess.run(make_cfg(*CONFIG, f"seed={seed}")) for seed in (7, 8)

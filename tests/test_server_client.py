@@ -69,6 +69,7 @@ class RecordingClient(FedexpClient):
         return super().evaluate(parameters, config)
 
 
+@pytest.mark.slow  # seconds of work (data, training or the command line): the whole suite runs it
 def test_clients_train_with_what_the_server_sends(make_cfg, monkeypatch):
     cfg = make_cfg(
         "num_clients=3",
@@ -141,6 +142,7 @@ def test_clients_train_with_what_the_server_sends(make_cfg, monkeypatch):
     assert all(math.isfinite(r["train_loss"]) and 0 <= r["train_accuracy"] <= 1 for r in rounds)
 
 
+@pytest.mark.slow  # seconds of work (data, training or the command line): the whole suite runs it
 def test_round_zero_evaluation_is_the_seeded_model_on_the_test_set(make_cfg):
     cfg = make_cfg("num_clients=2", "num_rounds=1", "seed=2")
     strategy, _, _ = flower_inprocess.run(cfg)
@@ -197,6 +199,7 @@ def fit_config(**extra):
     }
 
 
+@pytest.mark.slow  # seconds of work (data, training or the command line): the whole suite runs it
 def test_fedprox_mu_changes_client_updates(one_client, make_cfg):
     _work, spec_for, data, global_w = one_client
     # proximal_mu as Flower's FedProx strategy puts it into every fit instruction
@@ -226,6 +229,7 @@ def test_fedprox_mu_changes_client_updates(one_client, make_cfg):
     assert np.linalg.norm(prox) < 0.9 * np.linalg.norm(plain)
 
 
+@pytest.mark.slow  # seconds of work (data, training or the command line): the whole suite runs it
 def test_qfedavgs_client_reports_its_loss_before_training(one_client):
     work, spec_for, data, global_w = one_client
     _, _, plain = FedexpClient(spec_for("fedavg"), data).fit(global_w, fit_config())

@@ -257,6 +257,7 @@ def test_a_diverging_client_reports_it_instead_of_weights(client_for):
     assert metrics["diverged"].startswith("client 1, round 1: training loss became nan")
 
 
+@pytest.mark.slow  # seconds of work (data, training or the command line): the whole suite runs it
 def test_an_injected_failure_raises_in_the_client(client_for):
     client, weights, config = client_for("faults.client_failure_rate=1.0")
     with pytest.raises(InjectedClientFailure, match="client 1 failed on purpose in round 1"):

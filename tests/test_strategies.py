@@ -91,7 +91,9 @@ def test_adaptive_strategies_mirror_the_clients_learning_rate(make_cfg):
         )
 
 
-@pytest.mark.parametrize("name", STRATEGIES)
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=() if n == "fedavg" else pytest.mark.slow) for n in STRATEGIES]
+)
 def test_every_strategy_runs_a_round_on_digits(make_cfg, name):
     cfg = make_cfg(f"strategy={name}", "num_clients=4", "num_rounds=1")
     strategy, rounds, _ = flower_inprocess.run(cfg)
@@ -110,6 +112,7 @@ def test_every_strategy_runs_a_round_on_digits(make_cfg, name):
     assert all(np.isfinite(a).all() for a in after if a.dtype.kind == "f")
 
 
+@pytest.mark.slow  # seconds of work (data, training or the command line): the whole suite runs it
 def test_a_users_own_strategy_by_import_path(make_cfg, caplog):
     """`strategy._target_=custom_strategy.FrozenFedAvg` (tests/custom_strategy.py), with its
     own key added by `+strategy.frozen=true`."""

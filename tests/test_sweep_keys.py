@@ -18,6 +18,7 @@ from fedexp.command_line import prepare
 from fedexp.main import check_settings, config_dir
 
 
+@pytest.mark.slow  # seconds of work (data, training or the command line): the whole suite runs it
 def test_a_key_some_swept_options_have_is_forced_in_and_marked_for_the_others():
     line = prepare(
         [
@@ -45,6 +46,7 @@ def test_a_key_some_swept_options_have_is_forced_in_and_marked_for_the_others():
     }
 
 
+@pytest.mark.slow  # seconds of work (data, training or the command line): the whole suite runs it
 def test_keys_every_option_has_and_typos_are_left_alone():
     line = prepare(
         ["-m", "strategy=fedavg,fedprox", "strategy.fraction_fit=0.5"], config_dir(), check_settings
@@ -84,6 +86,7 @@ def test_a_sweep_over_strategies_with_different_keys_runs_every_job(tmp_path):
     assert "left out" not in logs["1"] and "strategy FedProx" in logs["1"]
 
 
+@pytest.mark.slow  # a sweep of whole runs in this process
 def test_each_job_uses_only_the_keys_its_options_have(tmp_path, monkeypatch, capsys):
     """In process, through Hydra's multirun: the iid job leaves `partitioning.alpha` out,
     the Dirichlet job partitions with alpha=0.1 (a real run also records the key in its
