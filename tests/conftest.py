@@ -187,7 +187,7 @@ def ray_cluster():
         shutil.rmtree(temp, ignore_errors=True)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def run_inline(tmp_path_factory):
     """Run fedexp in this process with its clients inline (simulation.backend=inline): a
     real simulation through Flower's engine without a Ray start. `_run(*overrides)` returns

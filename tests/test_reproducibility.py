@@ -2,13 +2,13 @@
 (Ray actors of a joined cluster, or inline in the fedexp process); another seed gives other
 numbers.
 
-Two real federated runs (Flower + Ray, on the session's shared Ray cluster, joined through
-`simulation.ray_address`) under Dirichlet(0.1) label skew with SCAFFOLD and half the
-clients sampled per round, so that partitioning, model initialisation, client sampling,
-data order, training, the clients' state kept between rounds and the extra arrays sent
-with the model all have to repeat. Only the keys that measure time may differ. The seed's
-effect is checked with Flower's server loop in this process (tests/flower_inprocess.py),
-which costs a second instead of a third Ray run.
+Three real federated runs through Flower's engine, one on the session's shared Ray cluster
+(joined through `simulation.ray_address`) and two with inline clients, under Dirichlet(0.1)
+label skew with SCAFFOLD and half the clients sampled per round, so that partitioning,
+model initialisation, client sampling, data order, training, the clients' state kept
+between rounds and the extra arrays sent with the model all have to repeat. Only the keys
+that measure time may differ. The seed's effect is checked with Flower's server loop in
+this process (tests/flower_inprocess.py).
 """
 
 from __future__ import annotations
@@ -35,21 +35,33 @@ CONFIG = (
 
 
 @pytest.fixture(scope="module")
-def runs(run_on_cluster):
-    return [run_on_cluster(*CONFIG, "seed=7", name=f"run{i}") for i in range(2)]
+def runs(run_on_cluster, run_inline):
+    """The experiment on the session's Ray cluster, then twice with its clients inline."""
+    return [
+        run_on_cluster(*CONFIG, "seed=7", name="ray"),
+        *(run_inline(*CONFIG, "seed=7", name=f"inline{i}") for i in range(2)),
+    ]
 
 
 def test_runs_complete_on_the_shared_cluster(runs):
-    for res, run_dir in runs:
+    for (res, run_dir), backend in zip(runs, ("ray", "inline", "inline"), strict=True):
         assert res["status"] == "completed" and [r["round"] for r in res["rounds"]] == [1, 2, 3]
+        assert res["backend"] == backend
         assert all(r["fit_clients"] == 2 and r["fit_failures"] == 0 for r in res["rounds"])
         assert (run_dir / "partitions.json").is_file() and (run_dir / "partitions.png").is_file()
 
 
-def test_the_same_config_repeats_bit_for_bit(runs):
-    (a, dir_a), (b, dir_b) = runs
+@pytest.mark.parametrize("other", [1, 2], ids=["inline-ray", "inline-inline"])
+def test_the_same_config_repeats_bit_for_bit(runs, other):
+    """Whichever backend runs the clients: Ray's workers get row-major copies of the data
+    from the object store, inline clients the driver's arrays, which are row-major too
+    (conv kernels round differently on arrays whose strides also read as channels-last,
+    see data/datasets.py's row_major)."""
+    (a, dir_a), (b, dir_b) = runs[0] if other == 1 else runs[1], runs[other]
     # byte-identical results.json, once the keys that measure time are set aside
     on_disk = [json.loads((d / "results.json").read_text()) for d in (dir_a, dir_b)]
+    for data in on_disk:  # which backend ran the clients
+        del data["backend"]
     assert "seconds" in on_disk[0]["rounds"][0] and "wall_seconds" in on_disk[0]
     assert json.dumps(without_timing(on_disk[0])) == json.dumps(without_timing(on_disk[1]))
     assert without_timing(a["rounds"]) == without_timing(b["rounds"])  # floats compared with ==
@@ -79,21 +91,3 @@ def test_dirichlet_skew_is_in_partitions_json(runs):
     counts = np.array([c["train_label_counts"] for c in p["clients"]], float)
     shares = counts / counts.sum(1, keepdims=True)
     assert shares.max(1).mean() > 0.3  # alpha = 0.1: clients are dominated by few classes
-
-
-def test_inline_clients_give_the_numbers_and_model_of_ray_actors(runs, tmp_path_factory):
-    """The same experiment with its clients in this process: the Ray runs' results (timing
-    keys aside) and model.pt, bit for bit. Ray's workers get row-major copies of the data
-    from the object store, and conv kernels round differently on arrays whose strides
-    also read as channels-last (see data/datasets.py's row_major)."""
-    from conftest import compose_cfg
-
-    from fedexp.main import run
-
-    run_dir = tmp_path_factory.mktemp("inline")
-    inline = run(compose_cfg(*CONFIG, "seed=7", "simulation.backend=inline"), str(run_dir))
-    on_ray, ray_dir = runs[0]
-    assert inline["backend"] == "inline" and on_ray["backend"] == "ray"
-    assert without_timing(inline["rounds"]) == without_timing(on_ray["rounds"])
-    assert inline["initial"] == on_ray["initial"] and inline["final"] == on_ray["final"]
-    assert (run_dir / "model.pt").read_bytes() == (ray_dir / "model.pt").read_bytes()
