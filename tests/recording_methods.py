@@ -70,12 +70,15 @@ class RecordingClient(ClientMethod):
 
 
 class CrashingClient(ClientMethod):
-    def __init__(self, crash: bool):
-        self.crash = crash
+    """Client 0 ends its worker process (as the kernel's OOM killer would) when the run's
+    seed is `crash_seed`."""
+
+    def __init__(self, crash_seed: int):
+        self.crash_seed = crash_seed
 
     def before_fit(self, fit):
         super().before_fit(fit)
-        if self.crash and int(fit.config["partition_id"]) == 0:
+        if int(fit.config["seed"]) == self.crash_seed and int(fit.config["partition_id"]) == 0:
             os._exit(1)
 
 

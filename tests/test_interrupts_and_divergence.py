@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import torch
-from conftest import REPO, read_results, run_cli
+from conftest import REPO, read_results
 
 from fedexp.models import CNN
 
@@ -159,14 +159,10 @@ def test_sigterm_stops_a_centralized_run_with_143(tmp_path):
     assert all(torch.isfinite(v).all() for v in state.values())
 
 
-def test_a_diverging_run_ends_as_diverged_and_keeps_the_last_good_model(tmp_path):
+def test_a_diverging_run_ends_as_diverged_and_keeps_the_last_good_model(fedexp, tmp_path):
     run_dir = tmp_path / "run"
-    proc = run_cli(
-        "mode=centralized",
-        "optimizer=sgd",
-        "optimizer.lr=1e6",
-        f"hydra.run.dir={run_dir}",
-        cwd=tmp_path,
+    proc = fedexp(
+        "mode=centralized", "optimizer=sgd", "optimizer.lr=1e6", f"hydra.run.dir={run_dir}"
     )
     assert proc.returncode == 1
     assert (
