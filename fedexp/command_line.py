@@ -421,15 +421,14 @@ def _check(argv: list[str], conf: Path, check_settings: Callable) -> CommandLine
     except (HydraException, OmegaConfBaseException) as e:
         return CommandLine(_composition_problem(e, conf, choices), argv, unused)
     if not args.multirun:
+        # With verbose the run raises a bad setting itself, with its traceback; a sweep
+        # without -m is Hydra's to refuse.
         if cfg.get("verbose") or any(o.is_sweep_override() for o in overrides):
-            return CommandLine(None, argv, unused)  # the run raises it with its traceback;
-        return CommandLine(_settings_problem(cfg, check_settings), argv)  # Hydra asks for -m
+            return CommandLine(None, argv, unused)
+        return CommandLine(_settings_problem(cfg, check_settings), argv)
     problem, direction = _direction(overrides, to_compose, cfg.get("objective"))
     problem = problem or _jobs_problem(conf, overrides, group_values, unused, check_settings)
     return CommandLine(problem, argv + direction, unused)
-
-
-OPTUNA = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
 
 
 def _direction(overrides, to_compose: list[str], objective) -> tuple[str | None, list[str]]:
@@ -480,8 +479,8 @@ def _jobs_problem(
     """The first job of a multirun whose settings `check_settings` refuses, in one line
     that names the job and its swept values: every job is checked before the first starts.
     The jobs are the basic sweeper's (every combination of the swept values); a sweep whose
-    values a sweeper draws itself (Optuna's `interval`) has only its first trial checked,
-    by that trial. Jobs that share group options are composed once and get their other
+    values a sweeper draws itself (Optuna's `interval`) is left to its trials, each checked
+    as it starts. Jobs that share group options are composed once and get their other
     values set on a copy."""
     from hydra import compose
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
