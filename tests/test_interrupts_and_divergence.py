@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import torch
-from conftest import REPO, read_results
+from conftest import REPO, read_results, signal_this_process, when_rounds_recorded
 
 from fedexp.models import CNN
 
@@ -62,31 +62,28 @@ def session_processes(sid: int) -> list[str]:
     return [line for line in out.splitlines() if line.strip() and not line.lstrip().startswith("Z")]
 
 
-def test_ctrl_c_keeps_the_rounds_so_far_and_leaves_no_process(tmp_path):
-    """Inline clients (the SIGTERM tests below stop clients on Ray)."""
+def test_ctrl_c_keeps_the_rounds_so_far(fedexp, tmp_path):
+    """Inline clients, in this process (the SIGTERM tests below stop clients on Ray, and
+    check that no process is left)."""
     run_dir = tmp_path / "run"
-    proc = start(["num_clients=3", "num_rounds=50", "simulation.backend=inline"], run_dir)
-    wait_for_steps(run_dir, "rounds", proc)
-    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole job gets it
+    stopper = when_rounds_recorded(run_dir, lambda: signal_this_process(signal.SIGINT))
     t0 = time.monotonic()
-    out, err = proc.communicate(timeout=120)
-    stopped_after = time.monotonic() - t0
-    assert proc.returncode == 130, err[-3000:]
-    assert stopped_after < 60
+    proc = fedexp(
+        "num_clients=3", "num_rounds=50", "simulation.backend=inline", f"hydra.run.dir={run_dir}"
+    )
+    stopper.result()
+    assert proc.returncode == 130, proc.stderr[-3000:]
+    assert time.monotonic() - t0 < 120
     assert (
         f"fedexp: interrupted by SIGINT: the results so far are in {run_dir} (status: interrupted)"
-        in err
+        in proc.stderr
     )
-    assert "Traceback" not in out + err
+    assert "Traceback" not in proc.stdout + proc.stderr
     res = read_results(run_dir)
     assert res["status"] == "interrupted" and res["error"] == "interrupted by SIGINT"
     assert res["rounds"][0]["round"] == 1 and len(res["rounds"]) < 50
     assert res["final"]["test_accuracy"] == res["rounds"][-1]["test_accuracy"]
     assert (run_dir / "model.pt").is_file() and (run_dir / "metrics.csv").is_file()
-    deadline = time.monotonic() + 20  # Ray's workers exit once their raylet is gone
-    while session_processes(proc.pid) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert session_processes(proc.pid) == []
 
 
 def test_sigterm_to_the_group_while_ray_starts_is_an_interrupt(tmp_path):
@@ -145,14 +142,17 @@ def _text(path: Path) -> str:
         return ""
 
 
-def test_sigterm_stops_a_centralized_run_with_143(tmp_path):
+def test_sigterm_stops_a_centralized_run_with_143(fedexp, tmp_path):
+    """In this process, as test_resume.py's interrupted sweep."""
     run_dir = tmp_path / "run"
-    proc = start(["mode=centralized", "centralized.epochs=500"], run_dir)
-    wait_for_steps(run_dir, "epochs", proc)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err[-3000:]
-    assert "fedexp: interrupted by SIGTERM" in err and "Traceback" not in out + err
+    stopper = when_rounds_recorded(
+        run_dir, lambda: signal_this_process(signal.SIGTERM), steps="epochs"
+    )
+    proc = fedexp("mode=centralized", "centralized.epochs=500", f"hydra.run.dir={run_dir}")
+    stopper.result()
+    assert proc.returncode == 143, proc.stderr[-3000:]
+    assert "fedexp: interrupted by SIGTERM" in proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
     res = read_results(run_dir)
     assert res["status"] == "interrupted" and 1 <= len(res["epochs"]) < 500
     state = torch.load(run_dir / "model.pt", weights_only=True)

@@ -39,105 +39,61 @@ def test_an_unknown_logger_option_is_one_line(fedexp):
 
 @pytest.mark.slow
 def test_loggers_record_every_round_and_a_tracking_server_going_away_loses_nothing(
-    tmp_path, fedexp
+    tmp_path, fedexp, mlflow_server
 ):
     """A sweep with the csv, TensorBoard and MLflow loggers, MLflow logging to a real
-    `mlflow server` on localhost. Jobs 0 and 1 log fully; the server is killed in job 2's
-    first round: one warning, and the job and its other loggers go on."""
-    import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
+    `mlflow server` on localhost (conftest.py's, started as the session begins). Job 0 logs
+    fully; the server is killed in job 1's first round: one warning, and the job and its
+    other loggers go on."""
     from mlflow import MlflowClient
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'mlflow.db'}",
-            "--artifacts-destination",
-            str(tmp_path / "artifacts"),
-            "--workers",
-            "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
+    uri, store, server = mlflow_server
+    sweep = tmp_path / "sweep"
+    stopper = when_rounds_recorded(sweep / "1", lambda: os.killpg(server.proc.pid, signal.SIGKILL))
+    proc = fedexp(
+        "-m",
+        "logger=[csv,tensorboard,mlflow]",
+        "seed=0,1",
+        "num_rounds=3",
+        "num_clients=2",
+        "evaluation.all_clients_every=2",
+        f"logger.mlflow.tracking_uri={uri}",
+        f"hydra.sweep.dir={sweep}",
     )
-    uri, sweep = f"http://127.0.0.1:{port}", tmp_path / "sweep"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=1)
-                break
-            except OSError:
-                assert time.monotonic() < deadline and server.poll() is None, (
-                    "mlflow server did not start"
-                )
-                time.sleep(0.2)
-
-        stopper = when_rounds_recorded(sweep / "2", lambda: os.killpg(server.pid, signal.SIGKILL))
-        proc = fedexp(
-            "-m",
-            "logger=[csv,tensorboard,mlflow]",
-            "seed=0,1,2",
-            "num_rounds=3",
-            "num_clients=2",
-            "evaluation.all_clients_every=2",
-            f"logger.mlflow.tracking_uri={uri}",
-            f"hydra.sweep.dir={sweep}",
+    stopper.result()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    warnings = [line for line in proc.stdout.splitlines() if "MLflowLogger failed" in line]
+    assert len(warnings) == 1 and "it is left out for the rest of the run" in warnings[0]
+    assert all(read_results(sweep / j)["status"] == "completed" for j in "01")
+    assert "round 3/3" in proc.stdout.split("#1 :")[-1]  # job 1's progress lines went on
+    for job in ("0", "1"):
+        rounds = read_results(sweep / job)["rounds"]
+        _check_tensorboard(sweep / job, rounds, EventAccumulator)
+        _check_csv(sweep / job, rounds)
+    # what the server stored: its database, and its artifact folder
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(f"fedexp sweep {sweep}")
+    runs = {r.data.params["seed"]: r for r in client.search_runs([experiment.experiment_id])}
+    assert sorted(runs) == ["0", "1"]
+    for seed in ("0",):
+        run = runs[seed]
+        assert (
+            run.info.status == "FINISHED"
+            and run.data.params["strategy._target_"] == "flwr.server.strategy.FedAvg"
         )
-        stopper.result()
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        warnings = [line for line in proc.stdout.splitlines() if "MLflowLogger failed" in line]
-        assert len(warnings) == 1 and "it is left out for the rest of the run" in warnings[0]
-        assert all(read_results(sweep / j)["status"] == "completed" for j in "012")
-        assert "round 3/3" in proc.stdout.split("#2 :")[-1]  # job 2's progress lines went on
-        for job in ("0", "2"):
-            rounds = read_results(sweep / job)["rounds"]
-            _check_tensorboard(sweep / job, rounds, EventAccumulator)
-            _check_csv(sweep / job, rounds)
-        # what the server stored: its database, and its artifact folder
-        client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-        experiment = client.get_experiment_by_name(f"fedexp sweep {sweep}")
-        runs = {r.data.params["seed"]: r for r in client.search_runs([experiment.experiment_id])}
-        assert sorted(runs) == ["0", "1", "2"]
-        for seed in ("0", "1"):
-            run = runs[seed]
-            assert (
-                run.info.status == "FINISHED"
-                and run.data.params["strategy._target_"] == "flwr.server.strategy.FedAvg"
-            )
-            history = client.get_metric_history(run.info.run_id, "test_accuracy")
-            expected = read_results(sweep / seed)["rounds"]
-            assert [(m.step, m.value) for m in history] == [
-                (r["round"], pytest.approx(r["test_accuracy"])) for r in expected
-            ]
-            stored = (
-                tmp_path / "artifacts" / experiment.experiment_id / run.info.run_id / "artifacts"
-            )
-            assert {p.name for p in stored.iterdir()} == {
-                "results.json",
-                "results.png",
-                "partitions.png",
-                "model.pt",
-            }
-    finally:
-        os.killpg(server.pid, signal.SIGKILL)
+        history = client.get_metric_history(run.info.run_id, "test_accuracy")
+        expected = read_results(sweep / seed)["rounds"]
+        assert [(m.step, m.value) for m in history] == [
+            (r["round"], pytest.approx(r["test_accuracy"])) for r in expected
+        ]
+        stored = store / "artifacts" / experiment.experiment_id / run.info.run_id / "artifacts"
+        assert {p.name for p in stored.iterdir()} == {
+            "results.json",
+            "results.png",
+            "partitions.png",
+            "model.pt",
+        }
 
 
 def _check_tensorboard(run_dir, rounds, EventAccumulator):

@@ -3,7 +3,7 @@
 numbers.
 
 Three real federated runs through Flower's engine, one on the session's shared Ray cluster
-(joined through `simulation.ray_address`) and two with inline clients, under Dirichlet(0.1)
+(joined through `simulation.ray_address`, in a sweep) and two with inline clients, under Dirichlet(0.1)
 label skew with SCAFFOLD and half the clients sampled per round, so that partitioning,
 model initialisation, client sampling, data order, training, the clients' state kept
 between rounds and the extra arrays sent with the model all have to repeat. Only the keys
@@ -19,26 +19,21 @@ import flower_inprocess
 import numpy as np
 import pytest
 import torch
+from conftest import REPRODUCED, read_results
 
 from fedexp.results import without_timing
 from fedexp.workload import Workload
 
-CONFIG = (
-    "partitioning=dirichlet",
-    "partitioning.alpha=0.1",
-    "strategy=scaffold",
-    "optimizer=sgd",
-    "num_clients=4",
-    "num_rounds=3",
-    "strategy.fraction_fit=0.5",
-)
+CONFIG = REPRODUCED
 
 
 @pytest.fixture(scope="module")
-def runs(run_on_cluster, run_inline):
-    """The experiment on the session's Ray cluster, then twice with its clients inline."""
+def runs(cluster_sweep, run_inline):
+    """The experiment on the session's Ray cluster (job 0 of `cluster_sweep`, a sweep
+    joining the cluster), then twice with its clients inline: (results, run dir) each."""
+    ray_run = cluster_sweep[0] / "0"
     return [
-        run_on_cluster(*CONFIG, "seed=7", name="ray"),
+        (read_results(ray_run), ray_run),
         *(run_inline(*CONFIG, "seed=7", name=f"inline{i}") for i in range(2)),
     ]
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import compose_cfg, read_results, when_rounds_recorded
+from conftest import compose_cfg, read_results, signal_this_process, when_rounds_recorded
 from flwr.common import ndarrays_to_parameters
 from flwr.server.strategy import FedAdam
 from test_interrupts_and_divergence import start
@@ -115,7 +115,7 @@ def test_an_interrupted_sweep_resumed_completes_every_job_and_runs_none_twice(tm
     process, as `fedexp` runs a sweep's jobs one after another."""
     sweep = tmp_path / "sweep"
 
-    stopper = when_rounds_recorded(sweep / "2", lambda: os.kill(os.getpid(), signal.SIGTERM))
+    stopper = when_rounds_recorded(sweep / "2", lambda: signal_this_process(signal.SIGTERM))
     proc = fedexp("-m", "seed=0,1,2", "num_rounds=2", "num_clients=2", f"hydra.sweep.dir={sweep}")
     stopper.result()
     assert proc.returncode == 143, proc.stderr[-3000:]

@@ -2,7 +2,8 @@
 
 The federated run is small, so its clients run inline (simulation.backend=auto), as a
 user's first run does; runs on Ray are in test_reproducibility.py, test_sweeps.py and
-test_interrupts_and_divergence.py.
+test_interrupts_and_divergence.py. The runs are `fedexp.main.main` in this process (as the
+command calls it); the installed command's own process is test_install.py's.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import math
 
 import pytest
 import torch
-from conftest import read_results, run_cli
+from conftest import fedexp_in_process, read_results, run_cli
 
 ROUND_KEYS = {
     "round": int,
@@ -39,7 +40,7 @@ def fed_run(tmp_path_factory):
     """3 clients, 2 rounds on digits, started from a working directory outside the repo."""
     cwd = tmp_path_factory.mktemp("user")
     run_dir = cwd / "run"
-    proc = run_cli("num_clients=3", "num_rounds=2", f"hydra.run.dir={run_dir}", cwd=cwd)
+    proc = fedexp_in_process("num_clients=3", "num_rounds=2", f"hydra.run.dir={run_dir}", cwd=cwd)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir, proc
 

@@ -12,7 +12,6 @@ import json
 import logging
 
 import pytest
-from conftest import run_cli
 
 from fedexp.command_line import prepare
 from fedexp.main import check_settings, config_dir
@@ -68,17 +67,16 @@ def test_outside_a_sweep_the_error_names_the_options_that_have_the_key():
 
 
 @pytest.mark.slow
-def test_a_sweep_over_strategies_with_different_keys_runs_every_job(tmp_path):
+def test_a_sweep_over_strategies_with_different_keys_runs_every_job(tmp_path, fedexp):
     """FedAvg's constructor would reject proximal_mu: its job must leave it out."""
     sweep = tmp_path / "sweep"
-    done = run_cli(
+    done = fedexp(
         "-m",
         "strategy=fedavg,fedprox",
         "strategy.proximal_mu=0.3",
         "num_clients=3",
         "dry_run=true",
         f"hydra.sweep.dir={sweep}",
-        cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     logs = {job: (sweep / job / "main.log").read_text() for job in ("0", "1")}

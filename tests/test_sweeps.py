@@ -2,14 +2,15 @@
 
 The 2 x 3 federated sweep starts Ray for its six jobs (one round each on digits with 2
 clients), once, and once more after a job whose client process died; the failure sweep is
-centralized and fails fast.
+centralized and fails fast. Sweeps whose jobs run one after another run in this process,
+as `fedexp -m` runs them (`fedexp.main.main`); launchers that start processes of their own
+(joblib, submitit) run from the command line.
 """
 
 from __future__ import annotations
 
 import csv
 import os
-import re
 import subprocess
 import sys
 import uuid
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, read_results
+from conftest import REPO, fedexp_in_process, read_results
 from recording_methods import logged
 
 from fedexp.results import without_timing
@@ -45,13 +46,12 @@ def run(module: str, *args: str, cwd: Path, timeout: float = 600):
     )
 
 
-def tagged_processes(tag: str, but: int = 0) -> list[tuple[int, str]]:
-    """(pid, program) of the live processes whose environment carries `tag` (Ray's GCS,
-    raylet and workers inherit it), except process `but`."""
+def tagged_processes(tag: str) -> list[tuple[int, str]]:
+    """(pid, program) of the live processes started with `tag` in their environment (Ray's
+    GCS, raylet and workers inherit it; /proc shows a process's environment as it started,
+    so not this one's, whose tag is set later)."""
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
-        if int(pid) == but:
-            continue
         try:
             if f"{TAG}={tag}".encode() in Path(f"/proc/{pid}/environ").read_bytes():
                 found.append(
@@ -69,45 +69,39 @@ CRASHED = (3, 5)
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    """The 2 x 3 sweep (seed 0 twice), whose jobs 3 and 5 lose a client's process. As each
-    job after the first starts, the processes left from the jobs before it are listed
-    (Ray's processes inherit a tag from the sweep's environment)."""
+    """The 2 x 3 sweep (seed 0 twice), whose jobs 3 and 5 lose a client's process, run in
+    this process (`fedexp.main.main`, as the command runs it). As each job after the first
+    starts, the processes left from the jobs before it are listed (Ray's processes inherit
+    a tag from this process's environment)."""
+    from fedexp import main as fedexp_main
+
     cwd = tmp_path_factory.mktemp("user")
     sweep_dir = cwd / "sweep"
     tag = uuid.uuid4().hex
-    env = dict(os.environ, PYTHONUNBUFFERED="1", **{TAG: tag})
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO), str(REPO / "tests"), env.get("PYTHONPATH", "")]
-    ).rstrip(os.pathsep)
-    args = [
-        "-m",
-        *SMALL,
-        "strategy.client._target_=recording_methods.CrashingClient",
-        "+strategy.client.crash_seed=0",
-        "strategy.fraction_fit=0.5,1.0",
-        "seed=0,1,0",
-        f"hydra.sweep.dir={sweep_dir}",
-    ]
-    leftovers, lines = {}, []
-    with (cwd / "stderr.txt").open("w+") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "fedexp", *args],
+    leftovers = {}
+    run_job = fedexp_main.run_sweep_job
+
+    def listing_leftovers(cfg, run_dir, unused=None):
+        job = int(Path(run_dir).name)
+        if job > 0 and Path("/proc/self/environ").exists():
+            leftovers[job] = tagged_processes(tag)
+        return run_job(cfg, run_dir, unused)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(TAG, tag)
+        patch.setattr(fedexp_main, "run_sweep_job", listing_leftovers)
+        proc = fedexp_in_process(
+            "-m",
+            *SMALL,
+            "strategy.client._target_=recording_methods.CrashingClient",
+            "+strategy.client.crash_seed=0",
+            "strategy.fraction_fit=0.5,1.0",
+            "seed=0,1,0",
+            "hydra.sweep.dir=sweep",
             cwd=cwd,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=err,
-            text=True,
         )
-        for line in proc.stdout:
-            lines.append(line)
-            job = re.search(r"\[HYDRA\]\s+#(\d+) : ", line)
-            if job and int(job.group(1)) > 0 and Path("/proc/self/environ").exists():
-                leftovers[int(job.group(1))] = tagged_processes(tag, but=proc.pid)
-        returncode = proc.wait(timeout=600)
-        err.seek(0)
-        stderr = err.read()
-    assert returncode == 0, stderr[-3000:]
-    return sweep_dir, "".join(lines), tag, leftovers
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return sweep_dir, proc.stdout, tag, leftovers
 
 
 def test_every_job_writes_its_full_results(sweep):
@@ -375,8 +369,8 @@ def test_a_failed_job_leaves_the_others_intact(fedexp, capsys, tmp_path):
     assert compared.count(" failed ") == 2 and "0: ConfigError: num_clients=2000" in compared
 
 
-def test_help_lists_groups_options_and_examples(tmp_path):
-    proc = run("fedexp", "--help", cwd=tmp_path)
+def test_help_lists_groups_options_and_examples(fedexp):
+    proc = fedexp("--help")
     assert proc.returncode == 0, proc.stderr
     conf = REPO / "conf"
     for group in (

@@ -33,6 +33,7 @@ raised as `Interrupted`.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import shutil
@@ -177,6 +178,7 @@ def start_sweep_ray(simulation: dict, verbose: bool, n_jobs: int) -> RaySession:
         simulation.get("num_gpus"),
         verbose,
         simulation.get("worker_niceness"),
+        clients_here=False,
     )
     os.environ[SWEEP_ADDRESS] = head.ray.get_runtime_context().gcs_address
     os.environ[SWEEP_SHARE] = str(n_jobs)
@@ -263,7 +265,12 @@ def _start(
     num_gpus: float | None,
     verbose: bool,
     niceness: int | None,
+    clients_here: bool = True,
 ) -> RaySession:
+    """Start a local Ray (no `address`) or join the cluster at `address`. A local Ray
+    whose driver runs no clients (`clients_here=False`: the Ray a sweep's concurrent jobs
+    join from their own processes) prestarts no workers: Ray's workers serve the driver
+    that started them, and the jobs' drivers are other processes."""
     # Ray >= 2.5x warns on every start that it will stop overriding CUDA_VISIBLE_DEVICES
     # for num_gpus=0; opting in to that future behaviour silences it.
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
@@ -300,6 +307,7 @@ def _start(
             _system_config={
                 "preload_python_modules": ["fedexp.federated.worker"],
                 "worker_niceness": os.nice(0) if niceness is None else int(niceness),
+                "prestart_worker_first_driver": clients_here,
             },
         )
         reap_orphans()
@@ -321,7 +329,8 @@ def _start(
             progress.start_line(
                 f"joined the Ray cluster at {address}"
                 if address
-                else f"Ray started ({time.perf_counter() - started:.1f}s); client workers starting"
+                else f"Ray started ({time.perf_counter() - started:.1f}s)"
+                + ("; client workers starting" if clients_here else "")
             )
         except SystemExit as e:  # SIGTERM while ray.init had its own handler installed
             if in_main and e.code == signal.SIGTERM:
@@ -580,8 +589,11 @@ def inline_clients(threads: int):
 
 def _prompt_queue():
     """Flower's engine threads wait on their message queues for up to 1 s before they look
-    at the engine's stop flag, so every run ended about a second after its last round.
-    Waiting at most ENGINE_POLL s at a time, they end as soon as the run has."""
+    at the engine's stop flag, so every run ended about a second after its last round; and
+    once they have ended, the engine waits up to 3 s for the ServerApp's context, which a
+    ServerApp that raised (an interrupt, a failed run) never sends. Waiting at most
+    ENGINE_POLL s at a time, both end as soon as the run has: the context of a ServerApp
+    that returned is queued before the engine is told to stop."""
     import queue
 
     class PromptQueue(queue.Queue):
@@ -597,16 +609,20 @@ ENGINE_POLL = 0.05  # seconds
 @contextmanager
 def _engine_backend(backend) -> Any:
     """Flower's engine with `backend` (see run_engine) and prompt queues (see _prompt_queue),
-    for the length of one run: flwr 1.42's vce_api looks both up by module-level name."""
+    for the length of one run: flwr 1.42's vce_api and run_simulation look them up by
+    module-level name."""
     from flwr.server.superlink.fleet.vce import vce_api
     from flwr.server.superlink.fleet.vce.backend import raybackend
 
-    flowers = raybackend.RayBackend, vce_api.Queue
-    raybackend.RayBackend, vce_api.Queue = backend, _prompt_queue()
+    # the module, which flwr.simulation's own `run_simulation` function hides as a name
+    run_simulation = importlib.import_module("flwr.simulation.run_simulation")
+    flowers = raybackend.RayBackend, vce_api.Queue, run_simulation.Queue
+    prompt = _prompt_queue()
+    raybackend.RayBackend, vce_api.Queue, run_simulation.Queue = backend, prompt, prompt
     try:
         yield
     finally:
-        raybackend.RayBackend, vce_api.Queue = flowers
+        raybackend.RayBackend, vce_api.Queue, run_simulation.Queue = flowers
 
 
 def run_engine(
