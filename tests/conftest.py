@@ -169,20 +169,28 @@ def _free_port() -> int:
 
 
 class Service:
-    """A server process a few tests talk to (a Ray head, an MLflow tracking server), started
-    in its own process session as soon as the collected tests show that one needs it: it
-    comes up on the second core while the tests before it run. `stop` ends exactly its
-    processes and removes its folder."""
+    """A process some tests need: a server they talk to (a Ray head, an MLflow tracking
+    server) or a command whose results they read (a sweep with a launcher of its own). It
+    starts in its own process session, in `folder`, as soon as the collected tests show
+    that one of them needs it (see `early`), and runs on the second core while the tests
+    before it run: most tests use one core. `stop` ends exactly its processes and removes
+    its folder."""
 
     def __init__(self, args: list[str], folder: str, env: dict | None = None):
         self.folder = folder
-        self.proc = subprocess.Popen(
-            args,
-            env=env,
-            start_new_session=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        with (
+            open(Path(folder) / "stdout.txt", "w") as out,
+            open(Path(folder) / "stderr.txt", "w") as err,
+        ):
+            self.proc = subprocess.Popen(
+                args, cwd=folder, env=env, start_new_session=True, stdout=out, stderr=err
+            )
+
+    def output(self, timeout: float = 600) -> tuple[int, str, str]:
+        """A command's exit status, stdout and stderr, once it has ended."""
+        status = self.proc.wait(timeout=timeout)
+        folder = Path(self.folder)
+        return status, (folder / "stdout.txt").read_text(), (folder / "stderr.txt").read_text()
 
     def wait_until(self, ready, what: str, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
@@ -255,6 +263,18 @@ _SERVICES = {"ray_cluster": _ray_head, "mlflow_server": _mlflow_server}
 _STARTED: dict[str, tuple[Service, str]] = {}
 
 
+def early(fixture: str):
+    """Register `start() -> (Service, what the fixture needs of it)` for the fixture
+    `fixture`: it starts as the session's tests begin if a selected test uses the fixture,
+    which then takes it with `service(fixture)`. For a test module's own commands."""
+
+    def register(start):
+        _SERVICES[fixture] = start
+        return start
+
+    return register
+
+
 def pytest_collection_finish(session):
     """Start the services the selected tests use, before the first test runs."""
     used = {name for item in session.items for name in getattr(item, "fixturenames", ())}
@@ -267,7 +287,8 @@ def pytest_sessionfinish(session):
         _STARTED.popitem()[1][0].stop()
 
 
-def _service(name: str) -> tuple[Service, str]:
+def service(name: str) -> tuple[Service, str]:
+    """The service of fixture `name`, started now if it has not been yet."""
     return _STARTED.get(name) or _STARTED.setdefault(name, _SERVICES[name]())
 
 
@@ -277,7 +298,7 @@ def ray_cluster():
 
     Starting Ray costs 10-20 s per run here; runs given `simulation.ray_address=<this>` join
     this cluster instead (see _ray_head)."""
-    head, address = _service("ray_cluster")
+    head, address = service("ray_cluster")
     head.wait_until(
         lambda: list(Path(head.folder).glob("session_*/sockets/raylet")), "the test Ray head"
     )
@@ -291,7 +312,7 @@ def mlflow_server():
     an MLflow tracking server for one test, which may stop it."""
     import urllib.request
 
-    server, uri = _service("mlflow_server")
+    server, uri = service("mlflow_server")
 
     def answers() -> bool:
         try:

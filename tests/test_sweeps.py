@@ -13,12 +13,13 @@ import csv
 import os
 import subprocess
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, fedexp_in_process, read_results
+from conftest import REPO, Service, early, fedexp_in_process, read_results, service
 from recording_methods import logged
 
 from fedexp.results import without_timing
@@ -29,17 +30,22 @@ TAG = "FEDEXP_TEST_PROCESS_TAG"
 SMALL = ("num_rounds=1", "num_clients=2", "simulation.backend=ray")
 
 
-def run(module: str, *args: str, cwd: Path, timeout: float = 600):
-    """`python -m MODULE ARGS` as a user would run it (tests/ importable, for the recording
-    client)."""
+def _environment() -> dict:
+    """The environment of a command run as a user would run it, with tests/ importable
+    (for the recording clients)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         [str(REPO), str(REPO / "tests"), env.get("PYTHONPATH", "")]
     ).rstrip(os.pathsep)
+    return env
+
+
+def run(module: str, *args: str, cwd: Path, timeout: float = 600):
+    """`python -m MODULE ARGS` as a user would run it."""
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=cwd,
-        env=env,
+        env=_environment(),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -178,15 +184,11 @@ def results_by_settings(sweep_dir: Path) -> dict[tuple[str, str], list[dict]]:
     return out
 
 
-@pytest.fixture(scope="module")
-def parallel_sweep(tmp_path_factory):
-    """Two jobs of the 2 x 3 sweep again, at the same time with Hydra's joblib launcher, on
-    a sweep Ray of 2 CPUs. Every fit logs its worker process, its Ray job and when it ran."""
-    cwd = tmp_path_factory.mktemp("parallel")
-    log_dir = cwd / "fits"
-    log_dir.mkdir()
-    proc = run(
-        "fedexp",
+@early("parallel_sweep")
+def _parallel_sweep() -> tuple[Service, Path]:
+    folder = Path(tempfile.mkdtemp(prefix="fxparallel"))
+    (folder / "fits").mkdir()
+    args = [
         "-m",
         "hydra/launcher=joblib",
         "hydra.launcher.n_jobs=2",
@@ -195,12 +197,21 @@ def parallel_sweep(tmp_path_factory):
         "strategy.fraction_fit=0.5,1.0",
         "seed=1",
         "strategy.client._target_=recording_methods.RecordingClient",
-        f"+strategy.client.log_dir={log_dir}",
-        f"hydra.sweep.dir={cwd / 'sweep'}",
-        cwd=cwd,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return cwd / "sweep", log_dir
+        f"+strategy.client.log_dir={folder / 'fits'}",
+        "hydra.sweep.dir=sweep",
+    ]
+    return Service([sys.executable, "-m", "fedexp", *args], str(folder), _environment()), folder
+
+
+@pytest.fixture(scope="module")
+def parallel_sweep():
+    """Two jobs of the 2 x 3 sweep again, at the same time with Hydra's joblib launcher, on
+    a sweep Ray of 2 CPUs, from the command line (started as the session begins, see
+    conftest.early). Every fit logs its worker process, its Ray job and when it ran."""
+    command, folder = service("parallel_sweep")
+    status, _, stderr = command.output()
+    assert status == 0, stderr[-3000:]
+    return folder / "sweep", folder / "fits"
 
 
 def test_parallel_jobs_give_the_results_of_the_sequential_sweep(sweep, parallel_sweep):
@@ -230,22 +241,33 @@ def test_parallel_jobs_hold_no_more_client_actors_than_rays_cpus(parallel_sweep)
     assert peak <= 2
 
 
-def test_submitit_local_runs_the_jobs_of_a_sweep(tmp_path):
-    """submitit's local executor, as the Slurm option uses it on a cluster: each job in a
-    process of its own (centralized, so that this test starts no Ray; sharing the sweep's
-    Ray is the joblib tests' part)."""
-    sweep_dir = tmp_path / "sweep"
-    proc = run(
-        "fedexp",
+@early("submitit_sweep")
+def _submitit_sweep() -> tuple[Service, Path]:
+    folder = Path(tempfile.mkdtemp(prefix="fxsubmitit"))
+    args = [
         "-m",
         "hydra/launcher=submitit_local",
         "mode=centralized",
         "centralized.epochs=1",
         "seed=0,1",
-        f"hydra.sweep.dir={sweep_dir}",
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+        "hydra.sweep.dir=sweep",
+    ]
+    return Service([sys.executable, "-m", "fedexp", *args], str(folder), _environment()), folder
+
+
+@pytest.fixture
+def submitit_sweep():
+    return service("submitit_sweep")
+
+
+def test_submitit_local_runs_the_jobs_of_a_sweep(submitit_sweep):
+    """submitit's local executor, as the Slurm option uses it on a cluster: each job in a
+    process of its own (centralized, so that this test starts no Ray; sharing the sweep's
+    Ray is the joblib tests' part). From the command line, started as the session begins."""
+    command, folder = submitit_sweep
+    status, _, stderr = command.output()
+    assert status == 0, stderr[-3000:]
+    sweep_dir = folder / "sweep"
     runs = [read_results(sweep_dir / job) for job in ("0", "1")]
     assert [(r["status"], r["seed"]) for r in runs] == [("completed", 0), ("completed", 1)]
     assert runs[0]["epochs"][0]["train_loss"] != runs[1]["epochs"][0]["train_loss"]
